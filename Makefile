@@ -1,0 +1,42 @@
+# quantexp - two commands: `make run` and `make test` (both set everything up first).
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+VENV := .venv
+PY := $(VENV)/bin/python
+MLFLOW_DB := $(CURDIR)/mlflow.db
+ARGS ?=
+# Byte-compiled caches save ~10 s of import per process (torch, transformers);
+# some shells export PYTHONDONTWRITEBYTECODE, which would disable them.
+unexport PYTHONDONTWRITEBYTECODE
+
+.PHONY: help setup run test test-full bench ui clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.synced  ## create the uv environment from uv.lock (installs uv if missing)
+
+$(VENV)/.synced: pyproject.toml uv.lock
+	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --user uv || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --frozen --all-extras --group dev
+	@touch $@
+
+run: setup  ## run the default experiment (extra Hydra overrides: make run ARGS="model=lstm")
+	$(PY) run.py $(ARGS)
+
+test: setup  ## the fast test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-full: setup  ## every test, including the slow end-to-end ones
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: setup  ## benchmark scripts (figures printed, never asserted)
+	$(PY) benchmarks/startup.py
+	$(PY) benchmarks/latency_fidelity.py
+	$(PY) benchmarks/families.py
+
+ui: setup  ## MLflow UI on http://127.0.0.1:5000 over the same store the runs write to
+	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(MLFLOW_DB)} --host 127.0.0.1 --port 5000
+
+clean:  ## remove run outputs, the MLflow store and caches (not the environment)
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db .cache .pytest_cache

@@ -1,0 +1,1 @@
+"""quantexp: declarative experiment runner for neural-network quantization."""

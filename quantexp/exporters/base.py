@@ -1,0 +1,54 @@
+"""Exporter protocol and registry (same pattern as the method registry)."""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from quantexp.runtimes.base import Runtime
+
+if TYPE_CHECKING:
+    from quantexp.config import ExporterConfig
+    from quantexp.hardware import HostInfo
+    from quantexp.models.base import ModelBundle
+
+_REGISTRY: dict[str, type["Exporter"]] = {}
+
+
+@dataclass
+class Exported:
+    runtime: Runtime
+    artifact: Path
+    export_time_s: float
+    load_time_s: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Exporter(ABC):
+    def __init__(self, cfg: "ExporterConfig", host: "HostInfo"):
+        self.cfg = cfg
+        self.host = host
+
+    @abstractmethod
+    def export(self, model: nn.Module, bundle: "ModelBundle", out_dir: Path, tag: str) -> Exported:
+        """Write the artifact for ``model`` under ``out_dir`` (file stem ``tag``), load it
+        back and return the runtime that executes the loaded artifact."""
+
+
+def register(name: str):
+    def decorator(cls: type[Exporter]) -> type[Exporter]:
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_exporter(name: str) -> type[Exporter]:
+    if name not in _REGISTRY:
+        importlib.import_module(f"quantexp.exporters.{name}")
+    return _REGISTRY[name]

@@ -1,0 +1,112 @@
+"""Probe the host for the chosen hardware target and refuse targets it lacks.
+
+``require_available`` runs before any model loads, so ``hardware=cuda`` on a
+machine without a GPU ends with one line, "not available on this host: ...".
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from dataclasses import asdict, dataclass
+
+from quantexp.config import HardwareConfig
+from quantexp.hardware.cpu import CpuInfo, read_cpu_info
+
+
+class HardwareUnavailable(RuntimeError):
+    """The requested target does not exist on this host."""
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why target ``name`` cannot run here, or None when it can."""
+    if name == "cpu":
+        return None
+    if name == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "CUDA needs an NVIDIA GPU and driver; torch.cuda.is_available() is False"
+        return None
+    if name == "mps":
+        if sys.platform != "darwin":
+            return f"MPS (Apple GPU) needs macOS on Apple silicon; this host runs {sys.platform}"
+        import torch
+
+        if not torch.backends.mps.is_available():
+            return "MPS (Apple GPU) is not available: torch.backends.mps.is_available() is False"
+        return None
+    if name == "ane":
+        if sys.platform != "darwin" or platform.machine() != "arm64":
+            return (f"the Apple Neural Engine needs macOS on Apple silicon; this host is "
+                    f"{sys.platform}/{platform.machine()}")
+        return None
+    return f"unknown hardware target {name!r}"
+
+
+def require_available(hw: HardwareConfig) -> None:
+    reason = unavailable_reason(hw.name)
+    if reason:
+        raise HardwareUnavailable(f"hardware={hw.name} is not available on this host: {reason}")
+
+
+@dataclass
+class HostInfo:
+    """What the run executed on; recorded with every result."""
+
+    target: str
+    device: str
+    threads: int
+    quantized_engine: str
+    onednn: bool
+    cpu: CpuInfo
+    os: str
+    python: str
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "host.cpu": self.cpu.model,
+            "host.arch": self.cpu.arch,
+            "host.isa": ",".join(self.cpu.isa) or "none detected",
+            "host.vnni": str(self.cpu.has_vnni),
+            "host.amx": str(self.cpu.has_amx),
+            "host.threads": str(self.threads),
+            "host.quantized_engine": self.quantized_engine,
+            "host.onednn": str(self.onednn),
+            "host.os": self.os,
+            "host.python": self.python,
+        }
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def select_quantized_engine(supported: list[str], cpu: CpuInfo) -> str:
+    """PyTorch's int8 CPU backend. "x86" (torch >= 2.0) dispatches between fbgemm
+    and oneDNN per op and is the recommended choice on x86; qnnpack is the ARM one."""
+    for engine in (("qnnpack",) if cpu.arch in ("arm64", "aarch64") else ("x86", "fbgemm", "onednn")):
+        if engine in supported:
+            return engine
+    return supported[0] if supported else "none"
+
+
+def probe_host(hw: HardwareConfig) -> HostInfo:
+    """Fix the thread count and quantized engine for this run and describe the host."""
+    import torch
+
+    cpu = read_cpu_info()
+    threads = hw.threads or cpu.usable_cores
+    torch.set_num_threads(threads)
+    engine = select_quantized_engine(list(torch.backends.quantized.supported_engines), cpu)
+    if engine != "none":
+        torch.backends.quantized.engine = engine
+    return HostInfo(
+        target=hw.name,
+        device=hw.device,
+        threads=threads,
+        quantized_engine=engine,
+        onednn=bool(torch.backends.mkldnn.is_available()),
+        cpu=cpu,
+        os=f"{platform.system()} {platform.release()}",
+        python=platform.python_version(),
+    )

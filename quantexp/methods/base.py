@@ -1,0 +1,71 @@
+"""The protocol every quantization method follows, and the registry that finds them.
+
+A method is ``quantexp/methods/<name>.py`` (a ``QuantizationMethod`` subclass
+decorated with ``@register("<name>")``), its schema in ``quantexp/config.py`` and
+``conf/method/<name>.yaml``. The pipeline only calls ``get_method(name)``: adding
+a method never touches it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from quantexp.config import MethodConfig, PrecisionConfig
+    from quantexp.hardware import HostInfo
+    from quantexp.models.base import ModelBundle, Split
+
+_REGISTRY: dict[str, type["QuantizationMethod"]] = {}
+
+
+@dataclass
+class QuantizedModel:
+    """A method's output: the model to deploy and facts about how it was made."""
+
+    model: nn.Module
+    # Flat facts worth logging (layers replaced, quantization path, ...).
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class QuantizationMethod(ABC):
+    needs_calibration: ClassVar[bool] = False
+
+    def __init__(self, cfg: "MethodConfig", precision: "PrecisionConfig", host: "HostInfo"):
+        self.cfg = cfg
+        self.precision = precision
+        self.host = host
+
+    @abstractmethod
+    def quantize(self, bundle: "ModelBundle", calibration: "Split | None") -> QuantizedModel:
+        """Return a quantized copy of ``bundle.model``; never modify the original."""
+
+
+def register(name: str):
+    def decorator(cls: type[QuantizationMethod]) -> type[QuantizationMethod]:
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_method(name: str) -> type[QuantizationMethod]:
+    """The class registered as ``name``; imports ``quantexp.methods.<name>`` on first use
+    so that heavy back-ends (bitsandbytes, onnxruntime) load only when chosen."""
+    if name not in _REGISTRY:
+        try:
+            importlib.import_module(f"quantexp.methods.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"quantexp.methods.{name}":
+                raise
+    if name not in _REGISTRY:
+        raise KeyError(f"no quantization method registered as {name!r}")
+    return _REGISTRY[name]
+
+
+def count_modules(model: nn.Module, types: tuple[type, ...]) -> int:
+    return sum(isinstance(m, types) for m in model.modules())

@@ -1,0 +1,35 @@
+"""PyTorch native dynamic quantization (``torch.ao.quantization.quantize_dynamic``).
+
+Weights of Linear/LSTM/GRU layers are stored as int8 (or fp16); activations are
+quantized per batch at run time, so no calibration data is needed. This is the
+eager API: it produces real fbgemm/oneDNN int8 kernels on CPU with no compile
+step, which the torchao replacement (``Int8DynamicActivationInt8WeightConfig``)
+only reaches through ``torch.compile`` on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from quantexp.methods.base import QuantizationMethod, QuantizedModel, count_modules, register
+
+DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU)
+
+
+@register("ptq_dynamic")
+class PTQDynamic(QuantizationMethod):
+    def quantize(self, bundle, calibration):
+        from torch.ao.quantization import quantize_dynamic
+
+        dtype = torch.float16 if self.precision.name == "fp16" else torch.qint8
+        model = copy.deepcopy(bundle.model).eval()
+        n_layers = count_modules(model, DYNAMIC_TYPES)
+        quantized = quantize_dynamic(model, set(DYNAMIC_TYPES), dtype=dtype)
+        return QuantizedModel(quantized, {
+            "quantized_layers": n_layers,
+            "weight_dtype": str(dtype).removeprefix("torch."),
+            "path": "torch.ao.quantization.quantize_dynamic",
+        })

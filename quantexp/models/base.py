@@ -1,0 +1,61 @@
+"""The data types every model family hands to the rest of the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Split:
+    """A labelled set of items. ``inputs`` is a tuple of batch-first tensors (one per
+    model input, e.g. ``(pixels,)`` or ``(input_ids, attention_mask)``); ``ids`` are
+    stable item identifiers (row numbers in the source data set), used to prove that
+    calibration and test items never overlap."""
+
+    inputs: tuple[torch.Tensor, ...]
+    labels: torch.Tensor
+    ids: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor | list[int]) -> "Split":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Split(tuple(x[index] for x in self.inputs), self.labels[index], self.ids[index])
+
+    def batches(self, batch_size: int) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+        for start in range(0, len(self), batch_size):
+            stop = start + batch_size
+            yield tuple(x[start:stop] for x in self.inputs), self.labels[start:stop]
+
+
+@dataclass
+class ModelBundle:
+    """An fp32 model ready to be quantized, with its data.
+
+    ``model`` is in eval mode on the CPU; ``model(*inputs)`` returns logits of shape
+    ``[batch, num_classes]``."""
+
+    model: nn.Module
+    name: str
+    family: str
+    train: Split
+    test: Split
+    num_classes: int
+    input_names: list[str]
+    # Seconds spent building/loading the fp32 model (and training it on a cache miss).
+    load_time_s: float
+    train_time_s: float | None = None
+    from_cache: bool = False
+    info: dict = field(default_factory=dict)
+
+    def example_inputs(self, batch_size: int = 1) -> tuple[torch.Tensor, ...]:
+        return tuple(x[:batch_size] for x in self.test.inputs)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())

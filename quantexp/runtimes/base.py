@@ -1,0 +1,37 @@
+"""The runtime protocol and the batched prediction loop shared by every runtime."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+class Runtime(ABC):
+    """Runs a deployed model: ``runtime(*inputs) -> logits`` (torch tensors in and out)."""
+
+    #: short name for reports: "torch", "onnxruntime", "litert", "coreml"
+    kind: str = "abstract"
+
+    def __init__(self, artifact: Path | None = None):
+        self.artifact = artifact
+
+    @abstractmethod
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor: ...
+
+    def describe(self) -> dict[str, str]:
+        return {"runtime": self.kind, "artifact": str(self.artifact) if self.artifact else ""}
+
+
+def predict(runtime: Runtime, inputs: tuple[torch.Tensor, ...], batch_size: int,
+            desc: str = "evaluate") -> np.ndarray:
+    """Arg-max predictions of ``runtime`` over every item, in batches."""
+    n = int(inputs[0].shape[0])
+    out = []
+    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
+        logits = runtime(*(x[start:start + batch_size] for x in inputs))
+        out.append(torch.as_tensor(logits).argmax(dim=-1).cpu().numpy())
+    return np.concatenate(out) if out else np.empty(0, dtype=np.int64)

@@ -1,0 +1,17 @@
+"""MLflow tracking for quantexp: where the store is, one run per job, one parent per sweep.
+
+- ``store``: tracking-URI resolution, the artifact root, get-or-create experiment.
+- ``run_logger``: ``RunLogger``, a context manager around one MLflow run.
+- ``callbacks``: ``MlflowSweepCallback`` (the parent run of a Hydra multirun)
+  and ``parent_run_id()`` for the jobs.
+
+Nothing here imports mlflow at package import time: Hydra imports the callback
+module on every start, including ``run.py --help``, and mlflow takes seconds
+to import. Import the submodules explicitly (``from quantexp.tracking.run_logger
+import RunLogger``).
+"""
+
+PARENT_RUN_ENV = "QUANTEXP_MLFLOW_PARENT_RUN_ID"
+PARENT_RUN_FILE = "mlflow_parent_run_id.txt"
+
+__all__ = ["PARENT_RUN_ENV", "PARENT_RUN_FILE"]

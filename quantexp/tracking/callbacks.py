@@ -1,0 +1,150 @@
+"""The MLflow parent run of a Hydra multirun, and how its jobs find it.
+
+``MlflowSweepCallback`` (named in conf/config.yaml under hydra.callbacks) opens
+one parent run before the first job and closes it after the last, with counts
+of its children. Jobs nest under it through ``parent_run_id()``: jobs in the
+launcher's process read an environment variable, jobs in other processes a
+file in the sweep directory.
+
+Hydra imports this module on every start (``--help`` included), so mlflow is
+imported only inside the methods (``store`` does the same). Tracking problems
+here are logged as warnings and never stop the sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+# store imports mlflow only inside its functions, so this stays cheap at load.
+from quantexp.tracking import PARENT_RUN_ENV, PARENT_RUN_FILE
+from quantexp.tracking.store import open_client, retry_locked
+
+log = logging.getLogger(__name__)
+
+_CHILD_TAG = "mlflow.parentRunId"
+
+
+def _project_root(config: DictConfig) -> Path:
+    # hydra.runtime.cwd is filled in at compose time, so it is already set when
+    # on_multirun_start runs; the fallback covers configs composed elsewhere.
+    cwd = OmegaConf.select(config, "hydra.runtime.cwd", default=None)
+    return Path(cwd or os.getcwd())
+
+
+def _sweep_dir(config: DictConfig) -> Path:
+    sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
+    return sweep_dir if sweep_dir.is_absolute() else _project_root(config) / sweep_dir
+
+
+class MlflowSweepCallback(Callback):
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._parent_run_id: str | None = None
+        self._experiment_id: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not OmegaConf.select(config, "tracking.enabled", default=True):
+            return
+        try:
+            self._start(config)
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop the sweep
+            log.warning("MLflow: no parent run for this sweep (%s: %s); jobs are tracked "
+                        "as top-level runs", type(exc).__name__, exc)
+            self._parent_run_id = None
+
+    def _start(self, config: DictConfig) -> None:
+        root = _project_root(config)
+        # Creating the store and the experiment here, before any job starts,
+        # avoids parallel jobs racing to create the sqlite schema.
+        client, experiment_id = open_client(
+            OmegaConf.select(config, "tracking.uri", default=None), root,
+            OmegaConf.select(config, "tracking.experiment", default="quantexp"))
+        sweep_dir = _sweep_dir(config)
+        overrides = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
+        run = retry_locked(
+            client.create_run, experiment_id, run_name=f"sweep {sweep_dir.name}",
+            tags={"quantexp.sweep_dir": str(sweep_dir),
+                  "quantexp.overrides": " ".join(str(o) for o in overrides)})
+        self._client, self._experiment_id = client, experiment_id
+        self._parent_run_id = run.info.run_id
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_RUN_FILE).write_text(self._parent_run_id + "\n")
+        os.environ[PARENT_RUN_ENV] = self._parent_run_id
+        log.info("MLflow parent run %s (%s)", self._parent_run_id, client.tracking_uri)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        parent = self._parent_run_id
+        if parent is None:
+            return
+        try:
+            self._finish(parent)
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop the sweep
+            log.warning("MLflow: could not close parent run %s (%s: %s)",
+                        parent, type(exc).__name__, exc)
+        finally:
+            if os.environ.get(PARENT_RUN_ENV) == parent:
+                del os.environ[PARENT_RUN_ENV]
+            self._parent_run_id = None
+
+    def _finish(self, parent: str) -> None:
+        from mlflow.entities import Metric
+
+        statuses = [run.info.status for run in self._children(parent)]
+        counts = {
+            "n_jobs": len(statuses),
+            "n_finished": statuses.count("FINISHED"),
+            # KILLED (Ctrl-C) is a job that did not finish as well.
+            "n_failed": statuses.count("FAILED") + statuses.count("KILLED"),
+        }
+        now = int(time.time() * 1000)
+        retry_locked(self._client.log_batch, parent,
+                     metrics=[Metric(k, float(v), now, 0) for k, v in counts.items()])
+        retry_locked(self._client.set_terminated, parent, status="FINISHED")
+        log.info("MLflow parent run %s: %d jobs, %d finished, %d failed",
+                 parent, counts["n_jobs"], counts["n_finished"], counts["n_failed"])
+
+    def _children(self, parent: str) -> list[Any]:
+        runs: list[Any] = []
+        token = None
+        while True:
+            page = retry_locked(self._client.search_runs, [self._experiment_id],
+                                filter_string=f"tags.`{_CHILD_TAG}` = '{parent}'",
+                                max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+
+def parent_run_id() -> str | None:
+    """The sweep's parent run id for the current job, or None (single run,
+    tracking disabled, or the parent could not be created)."""
+    from_env = os.environ.get(PARENT_RUN_ENV)
+    if from_env:
+        return from_env
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return None
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return None
+        sweep_dir = Path(str(hydra_cfg.sweep.dir))
+        if not sweep_dir.is_absolute():
+            sweep_dir = Path(hydra_cfg.runtime.cwd or os.getcwd()) / sweep_dir
+        path = sweep_dir / PARENT_RUN_FILE
+        if not path.is_file():
+            return None
+        return path.read_text().strip() or None
+    except Exception as exc:  # noqa: BLE001 - no parent is better than a crashed job
+        log.warning("MLflow: could not read the sweep's parent run id (%s)", exc)
+        return None

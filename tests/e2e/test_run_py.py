@@ -1,0 +1,134 @@
+"""run.py as a user runs it (a subprocess), on tiny settings: every model family
+through every method in one multirun each, then the MLflow store and results.json
+are checked; plus the refusals and a FAILED run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["bench.min_iters=3", "bench.min_seconds=0", "bench.warmup=1", "bench.batch_size=4",
+        "eval.bootstrap=200", "method.calibration.size=32"]
+METHODS = "method=fp32,ptq_static,ptq_dynamic"
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run_py(args: list[str], tmp: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args,
+                           f"cache_dir={tmp}/cache", f"hydra.sweep.dir={tmp}/multirun",
+                           f"hydra.run.dir={tmp}/run"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def store(tmp: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    experiment = client.get_experiment_by_name("quantexp")
+    return client, client.search_runs([experiment.experiment_id])
+
+
+def check_sweep(tmp: Path, proc: subprocess.CompletedProcess, family: str) -> None:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = sorted((tmp / "multirun").glob("*/results.json"))
+    assert len(results) == 3, proc.stderr[-2000:]
+    by_method = {}
+    for path in results:
+        data = json.loads(path.read_text())
+        by_method[data["method"]["name"]] = data
+        assert data["model"]["family"] == family
+        comp = data["comparison"]
+        assert 0.0 <= comp["accuracy"] <= 1.0 and comp["accuracy_delta_ci_low"] <= comp["accuracy_delta_ci_high"]
+        for cand in data["candidates"].values():
+            assert cand["latency"]["p50_ms"] > 0 and cand["size_bytes"] > 0
+            assert Path(cand["artifact"]).exists()
+    assert set(by_method) == {"fp32", "ptq_static", "ptq_dynamic"}
+    # fp32 is its own reference: full agreement, zero delta.
+    assert by_method["fp32"]["comparison"]["agreement_fp32"] == 1.0
+    assert by_method["fp32"]["comparison"]["accuracy_delta"] == 0.0
+    assert by_method["ptq_dynamic"]["candidates"]["ptq_dynamic"]["bits_per_param"] < 32.0
+    assert by_method["ptq_static"]["candidates"]["fp32"]["bits_per_param"] == pytest.approx(32.0)
+    client, runs = store(tmp)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 3
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert "accuracy" in child.data.metrics and "latency.p50_ms" in child.data.metrics
+        assert child.data.params["model.name"]
+        assert child.data.tags["host.threads"] and child.data.tags["version.torch"]
+
+
+def test_cnn_all_methods(tmp_path):
+    proc = run_py(["-m", METHODS, "model=cnn", "model.n_train=300", "model.epochs=1", *TINY], tmp_path)
+    check_sweep(tmp_path, proc, "cnn")
+    static = json.loads(next((tmp_path / "multirun").glob("*ptq_static/results.json")).read_text())
+    assert static["method"]["path"] == "fx_graph_mode"
+    assert static["method"]["quantized_layers"] >= 3
+
+
+def test_lstm_all_methods(tmp_path):
+    proc = run_py(["-m", METHODS, "model=lstm", "model.n_train=300", "model.epochs=1", *TINY], tmp_path)
+    check_sweep(tmp_path, proc, "rnn")
+
+
+def test_minilm_all_methods(tmp_path):
+    proc = run_py(["-m", METHODS, "model=minilm", "model.n_train=64", "model.n_test=48",
+                   "model.head_epochs=2", "model.max_length=32", *TINY], tmp_path)
+    check_sweep(tmp_path, proc, "transformer")
+    static = json.loads(next((tmp_path / "multirun").glob("*ptq_static/results.json")).read_text())
+    assert static["method"]["path"] == "eager_per_layer"
+
+
+def test_single_run_writes_results_and_summary(tmp_path):
+    proc = run_py(["model=cnn", "model.n_train=300", "model.epochs=1", *TINY], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ptq_static" in proc.stdout and "speed-up" in proc.stdout
+    data = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert data["candidates"]["fp32"]["runtime"] == "torch"
+    assert data["mlflow_run_id"]
+    _, runs = store(tmp_path)
+    assert [r.info.status for r in runs] == ["FINISHED"]
+
+
+def test_failed_run_is_marked_failed_with_traceback(tmp_path):
+    proc = run_py(["model=hf", f"model.path={tmp_path}/no_such_model", "method=fp32"], tmp_path)
+    assert proc.returncode == 2
+    assert "no_such_model" in proc.stderr.strip().splitlines()[-1]
+    client, runs = store(tmp_path)
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"
+    artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id)]
+    assert "traceback.txt" in artifacts
+
+
+@pytest.mark.parametrize("args,message", [
+    (["precision=fp16"], "error: method=ptq_static cannot run with precision=fp16; valid precision values for ptq_static: int8"),
+    pytest.param(["hardware=cuda", "method=fp32"], "error: hardware=cuda is not available on this host",
+                 marks=pytest.mark.skipif(_has_cuda(), reason="this host has a GPU")),
+])
+def test_refused_before_any_model_loads(tmp_path, args, message):
+    proc = run_py(args, tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(message)
+    assert not (tmp_path / "cache").exists()  # nothing was trained or loaded
+
+
+def test_help_lists_groups_and_options(tmp_path):
+    proc = run_py(["--help"], tmp_path, timeout=120)
+    assert proc.returncode == 0
+    for line in ("method: fp32, ptq_dynamic, ptq_static", "model: cnn, hf, lstm, minilm",
+                 "hardware: ane, cpu, cuda, mps", "precision: bf16, fp16, fp32, int8"):
+        assert line in proc.stdout

@@ -1,0 +1,375 @@
+"""quantexp.tracking against a real MLflow sqlite store in tmp dirs, and the
+sweep callback inside a real Hydra multirun (subprocess)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from quantexp.tracking import PARENT_RUN_ENV, PARENT_RUN_FILE
+from quantexp.tracking import run_logger as rl
+from quantexp.tracking.callbacks import MlflowSweepCallback, parent_run_id
+from quantexp.tracking.run_logger import RunLogger, flatten
+from quantexp.tracking.store import (
+    artifact_root,
+    ensure_experiment,
+    open_client,
+    resolve_tracking_uri,
+    retry_locked,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def migrated_db(tmp_path_factory) -> Path:
+    """An empty store with MLflow's schema. Creating the schema takes seconds,
+    so tests copy this file instead (the callback test creates one for real)."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, migrated_db):
+    """One sqlite store shared by the module's tests (one experiment per test)."""
+    root = tmp_path_factory.mktemp("store")
+    shutil.copyfile(migrated_db, root / "mlflow.db")
+    uri = f"sqlite:///{root}/mlflow.db"
+    client, _ = open_client(uri, root, "warmup")
+    return client, root
+
+
+@pytest.fixture
+def exp(store, request):
+    client, root = store
+    return client, ensure_experiment(client, request.node.name, artifact_root(root))
+
+
+@pytest.fixture(autouse=True)
+def _no_parent_env(monkeypatch):
+    monkeypatch.delenv(PARENT_RUN_ENV, raising=False)
+
+
+# ------------------------------------------------------------------ store
+def test_uri_precedence_configured_env_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env-host:5000")
+    assert resolve_tracking_uri("http://configured:5000", tmp_path) == "http://configured:5000"
+    assert resolve_tracking_uri(None, tmp_path) == "http://env-host:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    default = resolve_tracking_uri(None, tmp_path)
+    assert default == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert default.startswith("sqlite:////")
+
+
+def test_uri_relative_sqlite_is_made_absolute_against_project_root(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # as Hydra may do; must not matter
+    root = tmp_path / "proj"
+    assert resolve_tracking_uri("sqlite:///runs/m.db", root) == f"sqlite:///{root}/runs/m.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db?timeout=30")
+    assert resolve_tracking_uri(None, root) == f"sqlite:///{root}/env.db?timeout=30"
+    absolute = f"sqlite:///{tmp_path}/abs.db"
+    assert resolve_tracking_uri(absolute, root) == absolute
+    for uri in ("https://mlflow.example.com", "databricks", "http://127.0.0.1:5000"):
+        assert resolve_tracking_uri(uri, root) == uri
+
+
+def test_artifact_root_is_absolute_file_uri(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert artifact_root(Path(".")) == f"file://{tmp_path.resolve()}/mlartifacts"
+
+
+def test_ensure_experiment_is_idempotent(store):
+    client, root = store
+    first = ensure_experiment(client, "twice", artifact_root(root))
+    assert ensure_experiment(client, "twice", artifact_root(root)) == first
+    assert client.get_experiment(first).artifact_location == artifact_root(root)
+
+
+def test_ensure_experiment_restores_a_deleted_one(store):
+    client, root = store
+    exp_id = ensure_experiment(client, "deleted", artifact_root(root))
+    client.delete_experiment(exp_id)
+    assert ensure_experiment(client, "deleted", artifact_root(root)) == exp_id
+    assert client.get_experiment(exp_id).lifecycle_stage == "active"
+
+
+def test_retry_locked_retries_only_lock_errors():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert retry_locked(flaky) == "ok" and len(calls) == 3
+
+    def broken():
+        calls.append(1)
+        raise ValueError("no such table")
+
+    calls.clear()
+    with pytest.raises(ValueError):
+        retry_locked(broken)
+    assert len(calls) == 1
+
+
+# ------------------------------------------------------------- run logger
+def test_flatten_dotted_keys_lists_as_json():
+    flat = flatten({"model": {"name": "cnn", "channels": [16, 32], "opt": {}},
+                    "seed": 0, "n": None, "ok": True})
+    assert flat == {"model.name": "cnn", "model.channels": "[16, 32]", "model.opt": "{}",
+                    "seed": 0, "n": None, "ok": True}
+    cfg = OmegaConf.create({"a": {"b": "${c}", "l": [1, {"d": 2}]}, "c": 3})
+    assert flatten(cfg) == {"a.b": 3, "a.l": '[1, {"d": 2}]', "c": 3}
+
+
+def test_flatten_experiment_dataclass():
+    from quantexp.config import CNNConfig, TrackingConfig
+
+    flat = flatten({"model": CNNConfig(name="cnn", dataset="mnist"), "tracking": TrackingConfig()})
+    assert flat["model.family"] == "cnn"  # the enum's value, not "Family.cnn"
+    assert flat["model.channels"] == "[16, 32]" and flat["tracking.uri"] is None
+
+
+def test_limits_match_installed_mlflow():
+    from mlflow.utils import validation
+
+    assert rl.MAX_PARAM_VAL_LENGTH == validation.MAX_PARAM_VAL_LENGTH
+    assert rl.MAX_TAG_VAL_LENGTH == validation.MAX_TAG_VAL_LENGTH
+    assert rl.MAX_PARAMS_TAGS_PER_BATCH == validation.MAX_PARAMS_TAGS_PER_BATCH
+    assert rl.MAX_METRICS_PER_BATCH == validation.MAX_METRICS_PER_BATCH
+
+
+def test_success_is_finished_with_params_metrics_tags(exp):
+    client, exp_id = exp
+    many = {f"p{i}": i for i in range(150)}  # more than one log_batch of params
+    with RunLogger(client, exp_id, "ok run", tags={"quantexp.kind": "unit"}) as run:
+        run.log_params({"model": {"name": "cnn", "channels": [16, 32]}, "long": "x" * 7000, **many})
+        run.log_metrics({"accuracy": 0.975, "latency_ms": None, "nan_metric": float("nan")})
+        run.log_metrics({"loss": 0.5}, step=3)
+        run.set_tags({"host": "ci"})
+        with pytest.raises(ValueError, match="infinity"):
+            run.log_metrics({"speedup": float("inf")})
+    data = client.get_run(run.run_id)
+    assert data.info.status == "FINISHED"
+    assert data.info.run_name == "ok run"
+    params = data.data.params
+    assert params["model.name"] == "cnn" and params["model.channels"] == "[16, 32]"
+    assert len(params["long"]) == rl.MAX_PARAM_VAL_LENGTH and params["p149"] == "149"
+    metrics = data.data.metrics
+    assert metrics["accuracy"] == 0.975 and math.isnan(metrics["nan_metric"])
+    assert "latency_ms" not in metrics and "speedup" not in metrics  # never faked
+    assert [m.step for m in client.get_metric_history(run.run_id, "loss")] == [3]
+    assert data.data.tags["host"] == "ci" and data.data.tags["quantexp.kind"] == "unit"
+    assert "mlflow.parentRunId" not in data.data.tags
+
+
+def test_exception_marks_failed_with_traceback_and_reraises(exp, tmp_path):
+    client, exp_id = exp
+    with (pytest.raises(RuntimeError, match="calibration exploded"),
+          RunLogger(client, exp_id, "bad run") as run):
+        run.log_metrics({"accuracy": 0.5})
+        raise RuntimeError("calibration exploded\nsecond line")
+    data = client.get_run(run.run_id)
+    assert data.info.status == "FAILED"
+    assert data.data.tags["error"] == "RuntimeError: calibration exploded"
+    local = client.download_artifacts(run.run_id, rl.TRACEBACK_FILE, str(tmp_path))
+    text = Path(local).read_text()
+    assert "calibration exploded" in text and "Traceback (most recent call last)" in text
+
+
+def test_child_has_parent_tag(exp):
+    client, exp_id = exp
+    with RunLogger(client, exp_id, "parent") as parent, \
+            RunLogger(client, exp_id, "child", parent_run_id=parent.run_id) as child:
+        pass
+    assert client.get_run(child.run_id).data.tags["mlflow.parentRunId"] == parent.run_id
+
+
+def test_mark_not_measured_tag_text(exp):
+    client, exp_id = exp
+    with RunLogger(client, exp_id, "partial") as run:
+        run.mark_not_measured("energy_j", "no RAPL counters")
+    tags = client.get_run(run.run_id).data.tags
+    assert tags["not_measured.energy_j"] == "not measured on this host: no RAPL counters"
+    assert run.not_measured == [("energy_j", "not measured on this host: no RAPL counters")]
+    assert "energy_j" not in client.get_run(run.run_id).data.metrics
+
+
+def test_artifacts_json_text_and_file(exp, tmp_path):
+    client, exp_id = exp
+    src = tmp_path / "report.md"
+    src.write_text("# report\n")
+    with RunLogger(client, exp_id, "artifacts") as run:
+        run.log_json({"a": [1, 2], "p": Path("/x")}, "summary.json")
+        run.log_text("hello", "notes/hello.txt")
+        run.log_artifact(src, "reports")
+    names = {a.path for a in client.list_artifacts(run.run_id)}
+    assert {"summary.json", "notes", "reports"} <= names
+    out = Path(client.download_artifacts(run.run_id, "summary.json", str(tmp_path)))
+    assert '"p": "/x"' in out.read_text()
+
+
+# ------------------------------------------------------------- callback
+def _sweep_config(tmp_path: Path, uri: str, enabled: bool = True):
+    return OmegaConf.create({
+        "tracking": {"uri": uri, "experiment": "sweeps", "enabled": enabled},
+        "hydra": {"sweep": {"dir": "multirun/2026-01-01/10-00-00"},
+                  "runtime": {"cwd": str(tmp_path)},
+                  "overrides": {"task": ["x=1,2", "seed=3"]}},
+    })
+
+
+def test_callback_in_process_counts_children(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = _sweep_config(tmp_path, uri)
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(cfg)
+    pid = os.environ[PARENT_RUN_ENV]
+    sweep_dir = tmp_path / "multirun/2026-01-01/10-00-00"
+    assert (sweep_dir / PARENT_RUN_FILE).read_text().strip() == pid
+    assert parent_run_id() == pid
+    client, exp_id = open_client(uri, tmp_path, "sweeps")
+    with RunLogger(client, exp_id, "job 0", parent_run_id=parent_run_id()):
+        pass
+    with (pytest.raises(KeyError),
+          RunLogger(client, exp_id, "job 1", parent_run_id=parent_run_id())):
+        {}["missing"]
+    callback.on_multirun_end(cfg)
+    assert PARENT_RUN_ENV not in os.environ
+    parent = client.get_run(pid)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep 10-00-00"
+    assert parent.data.tags["quantexp.overrides"] == "x=1,2 seed=3"
+    assert parent.data.tags["quantexp.sweep_dir"] == str(sweep_dir)
+    assert parent.data.metrics == {"n_jobs": 2.0, "n_finished": 1.0, "n_failed": 1.0}
+
+
+def test_callback_disabled_or_broken_store_never_raises(tmp_path, caplog):
+    callback = MlflowSweepCallback()
+    cfg = _sweep_config(tmp_path, f"sqlite:///{tmp_path}/off.db", enabled=False)
+    callback.on_multirun_start(cfg)
+    callback.on_multirun_end(cfg)
+    assert PARENT_RUN_ENV not in os.environ and not (tmp_path / "off.db").exists()
+
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    cfg = _sweep_config(tmp_path, f"sqlite:///{not_a_dir}/mlflow.db")
+    callback.on_multirun_start(cfg)  # the store cannot be opened: a warning, no exception
+    callback.on_multirun_end(cfg)
+    assert PARENT_RUN_ENV not in os.environ
+    assert "no parent run for this sweep" in caplog.text
+
+
+APP = '''
+import os
+from pathlib import Path
+
+import hydra
+
+from quantexp.tracking import PARENT_RUN_ENV
+from quantexp.tracking.callbacks import parent_run_id
+from quantexp.tracking.run_logger import RunLogger
+from quantexp.tracking.store import open_client
+
+
+@hydra.main(config_path=".", config_name="config")
+def main(cfg):
+    client, exp_id = open_client(cfg.tracking.uri, Path.cwd(), cfg.tracking.experiment)
+    from_env = parent_run_id()
+    saved = os.environ.pop(PARENT_RUN_ENV)  # as a job in another process sees it
+    try:
+        from_file = parent_run_id()
+    finally:
+        os.environ[PARENT_RUN_ENV] = saved
+    with RunLogger(client, exp_id, f"job x={cfg.x}", parent_run_id=from_env,
+                   tags={"from_file": from_file}) as run:
+        run.log_metrics({"x": cfg.x})
+        if cfg.x == cfg.fail_at:
+            raise RuntimeError(f"boom at x={cfg.x}")
+    return float(cfg.x)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+CONFIG = '''
+x: 0
+fail_at: -1
+tracking:
+  uri: sqlite:///@DB@
+  experiment: e2e
+  enabled: true
+hydra:
+  job:
+    chdir: false
+  sweep:
+    dir: multirun/sweep-${now:%H-%M-%S}
+  callbacks:
+    mlflow_sweep:
+      _target_: quantexp.tracking.callbacks.MlflowSweepCallback
+'''
+
+
+def _run_sweep(tmp_path: Path, migrated_db: Path, *overrides: str) -> subprocess.CompletedProcess:
+    shutil.copyfile(migrated_db, tmp_path / "mlflow.db")
+    (tmp_path / "app.py").write_text(APP)
+    (tmp_path / "config.yaml").write_text(CONFIG.replace("@DB@", str(tmp_path / "mlflow.db")))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", PARENT_RUN_ENV)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return subprocess.run([sys.executable, "app.py", "-m", *overrides], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=180, check=False)
+
+
+def _parent_and_children(tmp_path: Path):
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp_id = client.get_experiment_by_name("e2e").experiment_id
+    runs = client.search_runs([exp_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, [r.info.run_name for r in parents]
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1  # every job nested under the one parent
+    return parent, sorted(children, key=lambda r: r.data.metrics["x"])
+
+
+def test_hydra_multirun_end_to_end(tmp_path, migrated_db):
+    proc = _run_sweep(tmp_path, migrated_db, "x=1,2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parent, children = _parent_and_children(tmp_path)
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    assert [c.data.metrics["x"] for c in children] == [1.0, 2.0]
+    pid = parent.info.run_id
+    assert all(c.data.tags["from_file"] == pid for c in children)  # the cross-process path
+    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("sweep sweep-")
+    assert parent.data.tags["quantexp.overrides"] == "x=1,2"
+    assert parent.data.metrics == {"n_jobs": 2.0, "n_finished": 2.0, "n_failed": 0.0}
+    sweep_dir = Path(parent.data.tags["quantexp.sweep_dir"])
+    assert sweep_dir.parent == tmp_path / "multirun"
+    assert (sweep_dir / PARENT_RUN_FILE).read_text().strip() == pid
+
+
+@pytest.mark.slow  # a second Hydra subprocess (mlflow import alone is ~10 s)
+def test_hydra_multirun_failing_job_is_failed_and_sweep_goes_on(tmp_path, migrated_db):
+    # Hydra's basic launcher runs every job of a batch, then re-raises the first
+    # failure: the process exits non-zero after all jobs ran.
+    proc = _run_sweep(tmp_path, migrated_db, "x=1,2,3", "fail_at=2")
+    assert proc.returncode != 0 and "boom at x=2" in proc.stderr
+    parent, children = _parent_and_children(tmp_path)
+    assert [c.info.status for c in children] == ["FINISHED", "FAILED", "FINISHED"]
+    assert children[1].data.tags["error"] == "RuntimeError: boom at x=2"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics == {"n_jobs": 3.0, "n_finished": 2.0, "n_failed": 1.0}
