@@ -136,13 +136,16 @@ class MethodConfig:
     ``check_compatibility`` reads them before anything heavy happens."""
 
     name: str = MISSING
+    # Every method carries a calibration block so that one sweep can vary it
+    # across methods; only methods with needs_calibration draw the set.
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     families: ClassVar[frozenset[str]] = frozenset(f.value for f in Family)
     precisions: ClassVar[frozenset[str]] = frozenset({"fp32"})
     hardware: ClassVar[frozenset[str]] = frozenset({"cpu", "cuda", "mps", "ane"})
     exporters: ClassVar[frozenset[str]] = frozenset({"none"})
 
     def validate(self) -> None:
-        pass
+        _positive(self.calibration, "size", "batch_size", prefix="method.calibration")
 
 
 @dataclass
@@ -157,10 +160,6 @@ class PTQStaticConfig(MethodConfig):
     precisions: ClassVar[frozenset[str]] = frozenset({"int8"})
     # PyTorch's eager/FX int8 kernels (fbgemm / oneDNN) are CPU kernels.
     hardware: ClassVar[frozenset[str]] = frozenset({"cpu"})
-    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-
-    def validate(self) -> None:
-        _positive(self.calibration, "size", "batch_size", prefix="method.calibration")
 
 
 @dataclass

@@ -75,35 +75,61 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None) -> d
         calibration = draw_calibration(bundle.train, bundle.test, cal_cfg.size, seed)
         calibration_stats = summarize(calibration)
 
-    with stages("quantize"):
-        quantized = method_cls(exp.method, exp.precision, host).quantize(bundle, calibration)
-
+    method = method_cls(exp.method, exp.precision, host)
     artifacts = output_dir / "artifacts"
     is_baseline = exp.method.name == "fp32"
     candidates: dict[str, dict[str, Any]] = {}
+    preds: dict[str, np.ndarray | None] = {}
+    not_measured: dict[str, str] = {}
 
-    # The reference predictions are the fp32 model's, deployed through the same
-    # exporter when it is measured (so both rows come from the same runtime).
-    if exp.compare_fp32 and not is_baseline:
+    # fp32 goes through the same exporter as the candidate, so both rows come
+    # from the same runtime (ORT fp32 vs ORT int8, torch vs torch, ...).
+    fp32_exported = None
+    if (exp.compare_fp32 and not is_baseline) or method.stage == "artifact":
+        with stages("export_fp32"):
+            fp32_exported = exporter.export(bundle.model, bundle, artifacts, "fp32")
+    if method.stage == "model":
+        with stages("quantize"):
+            quantized = method.quantize(bundle, calibration)
+        with stages("export"):
+            exported = exporter.export(quantized.model, bundle, artifacts, exp.method.name)
+        info, model_for_bits = quantized.info, quantized.model
+    else:  # the method rewrites the deployed fp32 artifact (e.g. ONNX Runtime quantization)
+        with stages("quantize"):
+            path, info = method.quantize_artifact(fp32_exported, bundle, calibration, artifacts)
+        with stages("export"):
+            exported = exporter.load(path)
+        model_for_bits = None
+
+    # Methods may return tables (e.g. per-layer SQNR) under info["tables"]:
+    # {name: [row dict, ...]}; they are written as CSV artifacts, not flattened.
+    info = dict(info)
+    tables = info.pop("tables", {})
+    if fp32_exported is not None and exp.compare_fp32 and not is_baseline:
         with stages("measure_fp32"):
-            candidates["fp32"], fp32_preds = _measure(bundle, bundle.model, exporter, artifacts,
-                                                      "fp32", exp, host)
+            candidates["fp32"], preds["fp32"] = _measure(bundle, fp32_exported, bundle.model, "fp32",
+                                                         exp, host, not_measured)
     with stages("measure_" + exp.method.name):
-        candidates[exp.method.name], preds = _measure(bundle, quantized.model, exporter, artifacts,
-                                                      exp.method.name, exp, host)
+        candidates[exp.method.name], preds[exp.method.name] = _measure(
+            bundle, exported, model_for_bits, exp.method.name, exp, host, not_measured)
     if is_baseline:
-        fp32_preds = preds
-    elif "fp32" not in candidates:
+        preds["fp32"] = preds[exp.method.name]
+    elif preds.get("fp32") is None:
+        # No measurable fp32 artifact: the in-memory fp32 model is the reference.
         with stages("evaluate_fp32"):
-            fp32_preds = predict(TorchRuntime(bundle.model), bundle.test.inputs,
-                                 exp.eval.batch_size, desc="fp32 eval")
+            preds["fp32"] = predict(TorchRuntime(bundle.model), bundle.test.inputs,
+                                    exp.eval.batch_size, desc="fp32 eval")
 
-    labels = bundle.test.labels.numpy()
-    comparison = compare_predictions(preds, fp32_preds, labels, n_boot=exp.eval.bootstrap,
-                                     confidence=exp.eval.confidence, seed=exp.seed)
+    comparison: dict[str, Any] = {}
+    if preds[exp.method.name] is not None:
+        labels = bundle.test.labels.numpy()
+        comparison = compare_predictions(preds[exp.method.name], preds["fp32"], labels,
+                                         n_boot=exp.eval.bootstrap, confidence=exp.eval.confidence,
+                                         seed=exp.seed)
     if "fp32" in candidates:
         base, cand = candidates["fp32"], candidates[exp.method.name]
-        comparison["speedup_p50"] = base["latency"]["p50_ms"] / cand["latency"]["p50_ms"]
+        if base["latency"] and cand["latency"]:
+            comparison["speedup_p50"] = base["latency"]["p50_ms"] / cand["latency"]["p50_ms"]
         comparison["size_ratio"] = cand["size_bytes"] / base["size_bytes"]
     gate = _quality_gate(comparison, exp.eval.max_accuracy_drop)
 
@@ -115,25 +141,65 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None) -> d
             "n_test": len(bundle.test), **{k: v for k, v in bundle.info.items() if k != "history"},
         },
         "method": {"name": exp.method.name, "precision": exp.precision.name,
-                   "quantize_time_s": stages.seconds["quantize"], **quantized.info},
+                   "quantize_time_s": stages.seconds["quantize"], **info},
         "calibration": calibration_stats,
+        "tables": tables,
         "candidates": candidates,
         "comparison": comparison,
         "gate": gate,
+        "not_measured": not_measured,
         "host": host.to_dict(),
         "stages_s": stages.seconds,
         "process_peak_rss_mb": process_peak_rss_mb(),
-        "objective": comparison["accuracy"],
+        "objective": comparison.get("accuracy"),
     }
+    for name, rows in tables.items():
+        write_table(rows, output_dir / "tables" / f"{name}.csv")
     if log is not None:
-        _log_results(log, results)
+        _log_results(log, results, output_dir)
     return results
 
 
-def _measure(bundle: ModelBundle, model: torch.nn.Module, exporter, artifacts: Path, tag: str,
-             exp: ExperimentConfig, host: HostInfo) -> tuple[dict[str, Any], np.ndarray]:
-    """Export ``model``, then evaluate and time the loaded artifact."""
-    exported: Exported = exporter.export(model, bundle, artifacts, tag)
+def write_table(rows: list[dict[str, Any]], path: Path) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _measure(bundle: ModelBundle, exported: Exported, model: torch.nn.Module | None, tag: str,
+             exp: ExperimentConfig, host: HostInfo,
+             not_measured: dict[str, str]) -> tuple[dict[str, Any], np.ndarray | None]:
+    """Evaluate and time the loaded artifact. An artifact this host cannot run
+    (Core ML on Linux) keeps its size and conversion facts; accuracy and latency
+    are recorded as not measured, with the reason - never estimated."""
+    if exported.param_bits is not None:
+        bits = exported.param_bits / bundle.num_parameters
+    else:
+        bits = bits_per_parameter(model.state_dict(), bundle.num_parameters)
+    result = {
+        "runtime": exported.runtime.kind if exported.runtime else exported.info.get("runtime", "-"),
+        "artifact": str(exported.artifact),
+        "accuracy": None,
+        "latency": {},
+        "latency_raw_ms": [],
+        "peak_rss_mb": None,
+        "size_bytes": path_size_bytes(exported.artifact),
+        "bits_per_param": bits,
+        "export_time_s": exported.export_time_s,
+        "artifact_load_time_s": exported.load_time_s,
+        "threads": host.threads,
+        **{f"export.{k}": v for k, v in exported.info.items()},
+    }
+    if exported.runtime is None:
+        reason = exported.not_measured or "no runtime for this artifact on this host"
+        for metric in ("accuracy", "latency"):
+            not_measured[f"{tag}.{metric}"] = f"not measured on this host: {reason}"
+        return result, None
     preds = predict(exported.runtime, bundle.test.inputs, exp.eval.batch_size, desc=f"{tag} eval")
     batch = bundle.example_inputs(exp.bench.batch_size)
     b = exp.bench
@@ -141,26 +207,14 @@ def _measure(bundle: ModelBundle, model: torch.nn.Module, exporter, artifacts: P
         latency = measure_latency(lambda: exported.runtime(*batch), batch_size=len(batch[0]),
                                   warmup=b.warmup, min_iters=b.min_iters, min_seconds=b.min_seconds,
                                   max_seconds=b.max_seconds, noisy_cv_pct=b.noisy_cv_pct)
-    result = {
-        "runtime": exported.runtime.kind,
-        "artifact": str(exported.artifact),
-        "accuracy": accuracy(preds, bundle.test.labels.numpy()),
-        "latency": latency.summary(),
-        "latency_raw_ms": latency.raw_ms,
-        "peak_rss_mb": memory.peak_mb,
-        "size_bytes": path_size_bytes(exported.artifact),
-        "bits_per_param": bits_per_parameter(model.state_dict(), bundle.num_parameters),
-        "export_time_s": exported.export_time_s,
-        "artifact_load_time_s": exported.load_time_s,
-        "threads": host.threads,
-        **{f"export.{k}": v for k, v in exported.info.items()},
-    }
+    result.update(accuracy=accuracy(preds, bundle.test.labels.numpy()), latency=latency.summary(),
+                  latency_raw_ms=latency.raw_ms, peak_rss_mb=memory.peak_mb)
     return result, preds
 
 
 def _quality_gate(comparison: dict[str, float], max_drop: float | None) -> dict[str, Any]:
     """A gate failure marks the run; it never hides the numbers."""
-    if max_drop is None:
+    if max_drop is None or "accuracy_delta" not in comparison:
         return {"max_accuracy_drop": None, "passed": None}
     drop_points = -100.0 * comparison["accuracy_delta"]
     return {"max_accuracy_drop": max_drop, "accuracy_drop_points": drop_points,
@@ -178,7 +232,8 @@ def metrics_of(results: dict[str, Any]) -> dict[str, float]:
             metrics[f"{prefix}latency.{key}"] = value
         for key in ("accuracy", "peak_rss_mb", "size_bytes", "bits_per_param", "export_time_s",
                     "artifact_load_time_s"):
-            metrics[f"{prefix}{key}"] = cand[key]
+            if cand[key] is not None:
+                metrics[f"{prefix}{key}"] = cand[key]
     for stage, seconds in results["stages_s"].items():
         metrics[f"time.{stage}_s"] = seconds
     metrics["time.quantize_s"] = results["method"]["quantize_time_s"]
@@ -191,8 +246,12 @@ def metrics_of(results: dict[str, Any]) -> dict[str, float]:
             and v is not None}
 
 
-def _log_results(log, results: dict[str, Any]) -> None:
+def _log_results(log, results: dict[str, Any], output_dir: Path) -> None:
     log.log_metrics(metrics_of(results))
+    for name in results["tables"]:
+        log.log_artifact(output_dir / "tables" / f"{name}.csv", "tables")
+    for metric, reason in results["not_measured"].items():
+        log.mark_not_measured(metric, reason.removeprefix("not measured on this host: "))
     log.log_params({f"result.method.{k}": v for k, v in results["method"].items()
                     if not isinstance(v, (dict, list))})
     log.set_tags({"quantexp.gate": {None: "not set", True: "passed", False: "FAILED"}[

@@ -22,19 +22,21 @@ def summary_table(results: dict[str, Any]) -> Table:
                    "p50 ms", "p90 ms", "items/s", "MB", "bits/param", "speed-up"):
         table.add_column(column, justify="left" if column in ("candidate", "runtime") else "right")
     for label, cand in results["candidates"].items():
-        lat = cand["latency"]
-        is_fp32_row = label == "fp32" and method != "fp32"
-        if is_fp32_row:
+        lat = cand["latency"]  # empty when this host cannot run the artifact
+        if label == "fp32" and method != "fp32":
             delta, agree, speed = "ref", "ref", "1.00x"
-        else:
+        elif "accuracy_delta" in comp:
             delta = (f"{100 * comp['accuracy_delta']:+.2f} [{100 * comp['accuracy_delta_ci_low']:+.2f},"
                      f" {100 * comp['accuracy_delta_ci_high']:+.2f}]")
             agree = _fmt(100 * comp["agreement_fp32"], ".2f")
             speed = f"{comp['speedup_p50']:.2f}x" if "speedup_p50" in comp else "-"
+        else:
+            delta, agree, speed = "not measured", "-", "-"
         noisy = " (noisy)" if lat.get("noisy") else ""
-        table.add_row(label, cand["runtime"], _fmt(100 * cand["accuracy"], ".2f"), delta, agree,
-                      _fmt(lat["p50_ms"], ".3f") + noisy, _fmt(lat["p90_ms"], ".3f"),
-                      _fmt(lat["throughput_items_per_s"], ".0f"),
+        acc = None if cand["accuracy"] is None else 100 * cand["accuracy"]
+        table.add_row(label, cand["runtime"], _fmt(acc, ".2f"), delta, agree,
+                      _fmt(lat.get("p50_ms"), ".3f") + noisy, _fmt(lat.get("p90_ms"), ".3f"),
+                      _fmt(lat.get("throughput_items_per_s"), ".0f"),
                       _fmt(cand["size_bytes"] / 1e6, ".3f"), _fmt(cand["bits_per_param"], ".2f"), speed)
     return table
 
@@ -52,5 +54,6 @@ def print_summary(results: dict[str, Any], console: Console | None = None) -> No
         console.print(f"{metric}: {reason}")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in results["stages_s"].items())
     console.print(f"stages: {stages}")
-    console.print(f"mcnemar p = {results['comparison']['mcnemar_p']:.3g} | results: "
+    p_value = results["comparison"].get("mcnemar_p")
+    console.print(f"mcnemar p = {_fmt(p_value, '.3g')} | results: "
                   f"{results.get('results_path', '-')} | mlflow run: {results.get('mlflow_run_id', '-')}")

@@ -22,11 +22,18 @@ _REGISTRY: dict[str, type["Exporter"]] = {}
 
 @dataclass
 class Exported:
-    runtime: Runtime
+    """A saved artifact and what runs it. ``runtime`` is None when this host cannot
+    execute the format (Core ML on Linux); ``not_measured`` then says why."""
+
+    runtime: Runtime | None
     artifact: Path
     export_time_s: float
     load_time_s: float
     info: dict[str, Any] = field(default_factory=dict)
+    # Bits of the stored parameters (weights, biases, their quantization scales)
+    # read from the artifact itself; None: count them from the PyTorch state_dict.
+    param_bits: float | None = None
+    not_measured: str | None = None
 
 
 class Exporter(ABC):
@@ -38,6 +45,11 @@ class Exporter(ABC):
     def export(self, model: nn.Module, bundle: "ModelBundle", out_dir: Path, tag: str) -> Exported:
         """Write the artifact for ``model`` under ``out_dir`` (file stem ``tag``), load it
         back and return the runtime that executes the loaded artifact."""
+
+    def load(self, path: Path) -> Exported:
+        """Load an artifact of this format written by someone else (an artifact-stage
+        method, e.g. ONNX Runtime quantization); formats that allow it override this."""
+        raise TypeError(f"exporter {type(self).__name__} cannot load external artifacts")
 
 
 def register(name: str):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from quantexp.bench.size import storage_bits
 from quantexp.exporters.base import Exported, Exporter, register
 from quantexp.runtimes.torch_runtime import TorchRuntime
 
@@ -42,4 +43,4 @@ class TorchArtifact(Exporter):
         loaded_at = time.perf_counter()
         return Exported(TorchRuntime(loaded, artifact=path, device=self.host.device), path,
                         export_time_s=saved - start, load_time_s=loaded_at - saved,
-                        info={"format": fmt})
+                        info={"format": fmt}, param_bits=storage_bits(model.state_dict()).param_bits)

@@ -9,7 +9,8 @@ a method never touches it.
 from __future__ import annotations
 
 import importlib
-from abc import ABC, abstractmethod
+from abc import ABC
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -17,6 +18,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from quantexp.config import MethodConfig, PrecisionConfig
+    from quantexp.exporters.base import Exported
     from quantexp.hardware import HostInfo
     from quantexp.models.base import ModelBundle, Split
 
@@ -34,15 +36,25 @@ class QuantizedModel:
 
 class QuantizationMethod(ABC):
     needs_calibration: ClassVar[bool] = False
+    #: "model": ``quantize`` returns a PyTorch module that the exporter then saves.
+    #: "artifact": ``quantize_artifact`` rewrites the exported fp32 artifact (ONNX
+    #: Runtime quantization works on the .onnx file, not on the PyTorch model).
+    stage: ClassVar[str] = "model"
 
     def __init__(self, cfg: "MethodConfig", precision: "PrecisionConfig", host: "HostInfo"):
         self.cfg = cfg
         self.precision = precision
         self.host = host
 
-    @abstractmethod
     def quantize(self, bundle: "ModelBundle", calibration: "Split | None") -> QuantizedModel:
         """Return a quantized copy of ``bundle.model``; never modify the original."""
+        raise TypeError(f"{type(self).__name__} is an artifact-stage method")
+
+    def quantize_artifact(self, fp32: "Exported", bundle: "ModelBundle",
+                          calibration: "Split | None", out_dir: Path) -> tuple[Path, dict[str, Any]]:
+        """Write a quantized artifact derived from the exported fp32 one; return its
+        path and facts worth logging."""
+        raise TypeError(f"{type(self).__name__} is a model-stage method")
 
 
 def register(name: str):
