@@ -3,7 +3,6 @@ loader (real MiniLM from its package, and a tiny BERT written by the test)."""
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from quantexp.models.datasets import (
     split_positions,
 )
 from quantexp.models.transformer import ModelSourceError, sha256_file
+from tests.conftest import write_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[2]
 MINILM = OmegaConf.load(ROOT / "conf" / "model" / "minilm.yaml")
@@ -224,30 +224,6 @@ def test_real_minilm_from_its_package_with_the_configured_sha256(tmp_path):
     assert hit.from_cache and torch.equal(logits(b, 4), logits(hit, 4))
 
 
-def _tiny_bert(directory: Path, seed: int) -> Path:
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    words = ["the", "a", "and", "of", "to", "is", "it", "this", "that", "film", "movie", "good",
-             "bad", "great", "not", "funny", "story"]
-    vocab = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(string.ascii_lowercase)
-             + ["##" + c for c in string.ascii_lowercase] + list(".,!?'-") + words)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizer(vocab=str(directory / "vocab.txt"))
-    torch.manual_seed(seed)
-    model = BertModel(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
-                                 num_attention_heads=2, intermediate_size=37,
-                                 max_position_embeddings=64))
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> Path:
-    return _tiny_bert(tmp_path_factory.mktemp("tiny_bert"), seed=0)
-
-
 def test_hf_model_from_a_user_directory_trains_the_head_and_caches_it(tiny_bert, tmp_path):
     cfg = tiny_text(str(tiny_bert))
     b = load_model(cfg, 0, tmp_path)
@@ -260,10 +236,10 @@ def test_hf_model_from_a_user_directory_trains_the_head_and_caches_it(tiny_bert,
 
 
 def test_hf_cache_is_not_reused_when_the_encoder_files_change(tmp_path):
-    model_dir = _tiny_bert(tmp_path / "bert", seed=0)
+    model_dir = write_tiny_bert(tmp_path / "bert", seed=0)
     cfg = tiny_text(str(model_dir))  # no sha256: the cache must notice by itself
     first = load_model(cfg, 0, tmp_path / "cache")
-    _tiny_bert(model_dir, seed=1)
+    write_tiny_bert(model_dir, seed=1)
     second = load_model(cfg, 0, tmp_path / "cache")
     assert not second.from_cache
     assert second.info["weights_sha256"] != first.info["weights_sha256"]
