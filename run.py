@@ -26,4 +26,8 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    # A precision search whose budget no trial meets ends non-zero (quantexp.search).
+    from quantexp.search import EXIT
+
+    sys.exit(status or EXIT.code)

@@ -87,6 +87,11 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
                 for cand in results["candidates"].values():
                     log.log_artifact(Path(cand["artifact"]), "model")
     print_summary(results)
+    if results.get("budget"):
+        b = results["budget"]
+        measured = ", ".join(f"{k.removeprefix('measured.')}={v:.4g}" for k, v in b.items()
+                             if k.startswith("measured."))
+        print(f"budget {b['budget']}: {'met' if b['met'] else 'NOT met'} (measured {measured})")
     return results
 
 

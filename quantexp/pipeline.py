@@ -66,6 +66,12 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None) -> d
     with stages("load_model"):
         bundle = load_model(exp.model, exp.seed, cache_dir)
     method_cls = get_method(exp.method.name)
+    method = method_cls(exp.method, exp.precision, host)
+    # Methods that train (qat, qat_finetune) log per-step/per-epoch metrics to this run.
+    method.log = log
+    # A model this method cannot handle (e.g. no Linear layers for bitsandbytes) is
+    # refused now, before calibration, export or quantization work.
+    method.check_model(bundle)
     exporter = get_exporter(exp.exporter.name)(exp.exporter, host)
 
     calibration, calibration_stats = None, {}
@@ -75,7 +81,6 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None) -> d
         calibration = draw_calibration(bundle.train, bundle.test, cal_cfg.size, seed)
         calibration_stats = summarize(calibration)
 
-    method = method_cls(exp.method, exp.precision, host)
     artifacts = output_dir / "artifacts"
     is_baseline = exp.method.name == "fp32"
     candidates: dict[str, dict[str, Any]] = {}
@@ -87,12 +92,14 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None) -> d
     fp32_exported = None
     if (exp.compare_fp32 and not is_baseline) or method.stage == "artifact":
         with stages("export_fp32"):
-            fp32_exported = exporter.export(bundle.model, bundle, artifacts, "fp32")
+            fp32_exported = exporter.export(bundle.model, bundle, artifacts, "fp32",
+                                            calibration=calibration)
     if method.stage == "model":
         with stages("quantize"):
             quantized = method.quantize(bundle, calibration)
         with stages("export"):
-            exported = exporter.export(quantized.model, bundle, artifacts, exp.method.name)
+            exported = exporter.export(quantized.model, bundle, artifacts, exp.method.name,
+                                       calibration=calibration)
         info, model_for_bits = quantized.info, quantized.model
     else:  # the method rewrites the deployed fp32 artifact (e.g. ONNX Runtime quantization)
         with stages("quantize"):
@@ -105,6 +112,8 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None) -> d
     # {name: [row dict, ...]}; they are written as CSV artifacts, not flattened.
     info = dict(info)
     tables = info.pop("tables", {})
+    # ... and figures: {name: path of an image} -> <output_dir>/figures + MLflow artifacts.
+    figures = info.pop("figures", {})
     if fp32_exported is not None and exp.compare_fp32 and not is_baseline:
         with stages("measure_fp32"):
             candidates["fp32"], preds["fp32"] = _measure(bundle, fp32_exported, bundle.model, "fp32",
@@ -132,6 +141,10 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None) -> d
             comparison["speedup_p50"] = base["latency"]["p50_ms"] / cand["latency"]["p50_ms"]
         comparison["size_ratio"] = cand["size_bytes"] / base["size_bytes"]
     gate = _quality_gate(comparison, exp.eval.max_accuracy_drop)
+    # A method solving for a budget (method=mixed, strategy=auto) re-checks it on the
+    # measured numbers: the prediction it solved with is not the answer.
+    check_measured = getattr(method, "check_measured", None)
+    budget = check_measured(candidates[exp.method.name], comparison) if check_measured else {}
 
     results = {
         "model": {
@@ -151,13 +164,44 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None) -> d
         "host": host.to_dict(),
         "stages_s": stages.seconds,
         "process_peak_rss_mb": process_peak_rss_mb(),
-        "objective": comparison.get("accuracy"),
+        "budget": budget,
     }
+    results["objective"] = objective_values(results, exp.method.name, exp.objectives)
     for name, rows in tables.items():
         write_table(rows, output_dir / "tables" / f"{name}.csv")
+    results["figures"] = {}
+    for name, src in figures.items():
+        import shutil
+
+        dst = output_dir / "figures" / f"{name}{Path(src).suffix}"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+        results["figures"][name] = str(dst)
     if log is not None:
         _log_results(log, results, output_dir)
     return results
+
+
+def objective_values(results: dict[str, Any], label: str, names: list[str]):
+    """What run.py returns to a sweeper: a float for one objective, a tuple for several.
+    A value that was not measured makes the job fail (the sweeper records a FAIL)."""
+    cand, comp = results["candidates"][label], results["comparison"]
+    values = []
+    for name in names:
+        if name == "accuracy":
+            value = comp.get("accuracy")
+        elif name == "accuracy_drop":
+            value = -100.0 * comp["accuracy_delta"] if "accuracy_delta" in comp else None
+        elif name == "latency_ms":
+            value = cand["latency"].get("p50_ms") if cand["latency"] else None
+        elif name == "size_mb":
+            value = cand["size_bytes"] / 1e6
+        else:
+            raise ValueError(f"unknown objective {name!r}")
+        if value is None and len(names) > 1:
+            raise RuntimeError(f"objective {name} was not measured on this host")
+        values.append(value)
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def write_table(rows: list[dict[str, Any]], path: Path) -> None:
@@ -194,6 +238,8 @@ def _measure(bundle: ModelBundle, exported: Exported, model: torch.nn.Module | N
         "artifact_load_time_s": exported.load_time_s,
         "threads": host.threads,
         **{f"export.{k}": v for k, v in exported.info.items()},
+        # files the exporter wrote beside the artifact (e.g. an ANE compatibility report)
+        "reports": {name: str(path) for name, path in exported.reports.items()},
     }
     if exported.runtime is None:
         reason = exported.not_measured or "no runtime for this artifact on this host"
@@ -234,6 +280,10 @@ def metrics_of(results: dict[str, Any]) -> dict[str, float]:
                     "artifact_load_time_s"):
             if cand[key] is not None:
                 metrics[f"{prefix}{key}"] = cand[key]
+        # Artifact vs in-memory fp32 model, measured by the exporter (Exported.info parity.*).
+        for key, value in cand.items():
+            if key.startswith("export.parity."):
+                metrics[prefix + key.removeprefix("export.")] = value
     for stage, seconds in results["stages_s"].items():
         metrics[f"time.{stage}_s"] = seconds
     metrics["time.quantize_s"] = results["method"]["quantize_time_s"]
@@ -250,6 +300,14 @@ def _log_results(log, results: dict[str, Any], output_dir: Path) -> None:
     log.log_metrics(metrics_of(results))
     for name in results["tables"]:
         log.log_artifact(output_dir / "tables" / f"{name}.csv", "tables")
+    for path in results.get("figures", {}).values():
+        log.log_artifact(Path(path), "figures")
+    for label, cand in results["candidates"].items():
+        for path in cand.get("reports", {}).values():
+            log.log_artifact(Path(path), f"reports/{label}")
+    if results.get("budget"):
+        log.log_params({f"budget.{k}": v for k, v in results["budget"].items()})
+        log.set_tags({"quantexp.budget": "met" if results["budget"]["met"] else "NOT MET"})
     for metric, reason in results["not_measured"].items():
         log.mark_not_measured(metric, reason.removeprefix("not measured on this host: "))
     log.log_params({f"result.method.{k}": v for k, v in results["method"].items()

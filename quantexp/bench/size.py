@@ -247,8 +247,9 @@ def _default_bucket(key: str, t: torch.Tensor) -> str:
     ):
         # Observer / fake-quant state of a prepared (not yet converted) model.
         return "other"
-    if "quant_state" in parts:
-        # bitsandbytes' serialized JSON metadata, not an in-memory tensor.
+    if "quant_state" in parts or leaf == "weight_format":
+        # bitsandbytes' serialized JSON metadata (4-bit) and the layout flag of
+        # Linear8bitLt (a uint8 scalar): metadata, not stored weights.
         return "other"
     if leaf in _BN_BUFFERS:
         return "other"

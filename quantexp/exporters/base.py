@@ -12,10 +12,12 @@ from torch import nn
 
 from quantexp.runtimes.base import Runtime
 
+from quantexp.config import ConfigError
+
 if TYPE_CHECKING:
     from quantexp.config import ExporterConfig
     from quantexp.hardware import HostInfo
-    from quantexp.models.base import ModelBundle
+    from quantexp.models.base import ModelBundle, Split
 
 _REGISTRY: dict[str, type["Exporter"]] = {}
 
@@ -34,6 +36,14 @@ class Exported:
     # read from the artifact itself; None: count them from the PyTorch state_dict.
     param_bits: float | None = None
     not_measured: str | None = None
+    # Files written beside the artifact worth keeping (e.g. the Core ML exporter's ANE
+    # compatibility report): {name: path}; the pipeline logs them as MLflow artifacts.
+    reports: dict[str, Path] = field(default_factory=dict)
+
+
+class ExportError(ConfigError):
+    """A model the exporter cannot convert (an unsupported op): one line that names
+    the exporter and the op; the full trace stays in the MLflow run (traceback.txt)."""
 
 
 class Exporter(ABC):
@@ -42,9 +52,12 @@ class Exporter(ABC):
         self.host = host
 
     @abstractmethod
-    def export(self, model: nn.Module, bundle: "ModelBundle", out_dir: Path, tag: str) -> Exported:
+    def export(self, model: nn.Module, bundle: "ModelBundle", out_dir: Path, tag: str,
+               calibration: "Split | None" = None) -> Exported:
         """Write the artifact for ``model`` under ``out_dir`` (file stem ``tag``), load it
-        back and return the runtime that executes the loaded artifact."""
+        back and return the runtime that executes the loaded artifact. ``calibration``
+        is the method's calibration set when it drew one (formats that quantize
+        themselves, e.g. full-integer TFLite, need it); others ignore it."""
 
     def load(self, path: Path) -> Exported:
         """Load an artifact of this format written by someone else (an artifact-stage

@@ -23,7 +23,7 @@ from quantexp.runtimes.torch_runtime import TorchRuntime
 
 @register("none")
 class TorchArtifact(Exporter):
-    def export(self, model, bundle, out_dir: Path, tag: str) -> Exported:
+    def export(self, model, bundle, out_dir: Path, tag: str, calibration=None) -> Exported:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{tag}.pt"
         start = time.perf_counter()
@@ -41,6 +41,7 @@ class TorchArtifact(Exporter):
         saved = time.perf_counter()
         loaded = load()
         loaded_at = time.perf_counter()
-        return Exported(TorchRuntime(loaded, artifact=path, device=self.host.device), path,
+        return Exported(TorchRuntime(loaded, artifact=path, device=self.host.device,
+                                    dtype=self.host.dtype), path,
                         export_time_s=saved - start, load_time_s=loaded_at - saved,
                         info={"format": fmt}, param_bits=storage_bits(model.state_dict()).param_bits)

@@ -37,9 +37,9 @@ def unavailable_reason(name: str) -> str | None:
             return "MPS (Apple GPU) is not available: torch.backends.mps.is_available() is False"
         return None
     if name == "ane":
-        if sys.platform != "darwin" or platform.machine() != "arm64":
-            return (f"the Apple Neural Engine needs macOS on Apple silicon; this host is "
-                    f"{sys.platform}/{platform.machine()}")
+        # Always available as a deployment target: exporter=coreml converts, validates
+        # and checks ANE compatibility on any OS; Core ML prediction (accuracy, latency)
+        # needs macOS, and the exporter reports it as not measured elsewhere.
         return None
     return f"unknown hardware target {name!r}"
 
@@ -62,6 +62,8 @@ class HostInfo:
     cpu: CpuInfo
     os: str
     python: str
+    # Compute dtype of the PyTorch runtime on the device (hardware.dtype), or None.
+    dtype: str | None = None
 
     def tags(self) -> dict[str, str]:
         return {
@@ -109,4 +111,5 @@ def probe_host(hw: HardwareConfig) -> HostInfo:
         cpu=cpu,
         os=f"{platform.system()} {platform.release()}",
         python=platform.python_version(),
+        dtype=hw.dtype.value if hw.dtype is not None else None,
     )

@@ -46,6 +46,11 @@ class QuantizationMethod(ABC):
         self.precision = precision
         self.host = host
 
+    def check_model(self, bundle: "ModelBundle") -> None:
+        """Refuse, with a one-line ``ConfigError``, a loaded model this method cannot
+        quantize (the pipeline calls it right after the model loads, before any
+        calibration, export or quantization work). The default accepts every model."""
+
     def quantize(self, bundle: "ModelBundle", calibration: "Split | None") -> QuantizedModel:
         """Return a quantized copy of ``bundle.model``; never modify the original."""
         raise TypeError(f"{type(self).__name__} is an artifact-stage method")

@@ -14,6 +14,7 @@ import copy
 import torch
 from torch import nn
 
+from quantexp.analysis.layer_error import layer_error_info
 from quantexp.methods.base import QuantizationMethod, QuantizedModel, count_modules, register
 
 DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU)
@@ -21,6 +22,10 @@ DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU)
 
 @register("ptq_dynamic")
 class PTQDynamic(QuantizationMethod):
+    # Quantization itself uses no data; calibration inputs feed the per-layer
+    # error table (SQNR/cosine vs fp32) only.
+    needs_calibration = True
+
     def quantize(self, bundle, calibration):
         from torch.ao.quantization import quantize_dynamic
 
@@ -28,8 +33,11 @@ class PTQDynamic(QuantizationMethod):
         model = copy.deepcopy(bundle.model).eval()
         n_layers = count_modules(model, DYNAMIC_TYPES)
         quantized = quantize_dynamic(model, set(DYNAMIC_TYPES), dtype=dtype)
-        return QuantizedModel(quantized, {
+        info = {
             "quantized_layers": n_layers,
             "weight_dtype": str(dtype).removeprefix("torch."),
             "path": "torch.ao.quantization.quantize_dynamic",
-        })
+        }
+        info.update(layer_error_info(bundle.model, quantized, calibration,
+                                     batch_size=self.cfg.calibration.batch_size))
+        return QuantizedModel(quantized, info)

@@ -21,8 +21,10 @@ import warnings
 import torch
 from torch import nn
 
+from quantexp.analysis.layer_error import layer_error_info
 from quantexp.config import Granularity, Observer
 from quantexp.methods.base import QuantizationMethod, QuantizedModel, count_modules, register
+from quantexp.methods.int_grid import clamp_quantized_weights, weight_value_bits
 
 QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Static int8 LSTM needs the cell's hidden state passed explicitly
@@ -31,7 +33,10 @@ QUANTIZABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 KEPT_FLOAT = QUANTIZABLE + (nn.LSTM, nn.GRU)
 
 
-def build_qconfig(observer: Observer, granularity: Granularity, reduce_range: bool):
+def build_qconfig(observer: Observer, granularity: Granularity, reduce_range: bool,
+                  weight_bits: int = 8):
+    """Static PTQ qconfig. ``weight_bits`` < 8 (precision=w4a8): weights are observed
+    on the signed ``weight_bits`` grid (4 bits: [-8, 7]) and stored in int8 kernels."""
     from torch.ao.quantization import QConfig
     from torch.ao.quantization.observer import (
         HistogramObserver,
@@ -46,11 +51,14 @@ def build_qconfig(observer: Observer, granularity: Granularity, reduce_range: bo
         Observer.histogram: HistogramObserver,
     }[observer]
     activation = activation_cls.with_args(dtype=torch.quint8, reduce_range=reduce_range)
+    bounds = {} if weight_bits == 8 else {"quant_min": -(2 ** (weight_bits - 1)),
+                                          "quant_max": 2 ** (weight_bits - 1) - 1}
     if granularity == Granularity.per_channel:
         weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
-                                                    qscheme=torch.per_channel_symmetric)
+                                                    qscheme=torch.per_channel_symmetric, **bounds)
     else:
-        weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric)
+        weight = MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric,
+                                          **bounds)
     return QConfig(activation=activation, weight=weight)
 
 
@@ -63,7 +71,9 @@ class PTQStatic(QuantizationMethod):
         # intermediates, so activations keep 7 bits (reduce_range). VNNI
         # accumulates in 32 bits: the full 8-bit range is safe there.
         reduce_range = not self.host.cpu.has_vnni
-        qconfig = build_qconfig(self.cfg.calibration.observer, self.precision.granularity, reduce_range)
+        weight_bits = self.precision.weight_bits
+        qconfig = build_qconfig(self.cfg.calibration.observer, self.precision.granularity, reduce_range,
+                                weight_bits)
         model = copy.deepcopy(bundle.model).eval()
         example = bundle.example_inputs(1)
         try:
@@ -78,12 +88,19 @@ class PTQStatic(QuantizationMethod):
             "observer": self.cfg.calibration.observer.value,
             "granularity": self.precision.granularity.value,
             "reduce_range": reduce_range,
+            "weight_bits": weight_bits,
+            # 4-bit values are clamped to [-8, 7] inside the int8 weights (see int_grid.py).
+            "weights_clamped_at_convert": clamp_quantized_weights(quantized, weight_bits),
+            "weight_value_bits": weight_value_bits(quantized),
             "quantized_layers": count_quantized(quantized),
             "float_layers_left": count_modules(quantized, KEPT_FLOAT),
             "calibration_items": len(calibration),
         }
         if fallback_reason:
             info["fx_fallback_reason"] = fallback_reason
+        # Per-layer SQNR/cosine vs fp32 on a few calibration batches (tables/layer_error.csv).
+        info.update(layer_error_info(bundle.model, quantized, calibration,
+                                     batch_size=self.cfg.calibration.batch_size))
         return QuantizedModel(quantized, info)
 
     def _calibrate(self, model: nn.Module, calibration) -> None:

@@ -68,10 +68,21 @@ class MlflowSweepCallback(Callback):
             OmegaConf.select(config, "tracking.experiment", default="quantexp"))
         sweep_dir = _sweep_dir(config)
         overrides = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
-        run = retry_locked(
-            client.create_run, experiment_id, run_name=f"sweep {sweep_dir.name}",
-            tags={"quantexp.sweep_dir": str(sweep_dir),
-                  "quantexp.overrides": " ".join(str(o) for o in overrides)})
+        study = _study_key(config)
+        run = _existing_study_run(client, experiment_id, study) if study else None
+        if run is not None:
+            # A resumed persistent study (Optuna sweeper): one parent for the whole study.
+            retry_locked(client.update_run, run.info.run_id, status="RUNNING")
+            retry_locked(client.set_tag, run.info.run_id, "quantexp.sweep_dir", str(sweep_dir))
+        else:
+            tags = {"quantexp.sweep_dir": str(sweep_dir),
+                    "quantexp.overrides": " ".join(str(o) for o in overrides)}
+            if study:
+                tags[_STUDY_TAG] = study
+            run = retry_locked(
+                client.create_run, experiment_id,
+                run_name=f"study {study.rpartition('#')[2]}" if study else f"sweep {sweep_dir.name}",
+                tags=tags)
         self._client, self._experiment_id = client, experiment_id
         self._parent_run_id = run.info.run_id
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -83,6 +94,13 @@ class MlflowSweepCallback(Callback):
         parent = self._parent_run_id
         if parent is None:
             return
+        try:  # ptq_static vs qat/qat_finetune side by side, when the sweep ran them
+            from quantexp.analysis.ptq_vs_qat import log_comparison
+
+            log_comparison(self._client, parent, _sweep_dir(config))
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop the sweep
+            log.warning("MLflow: no PTQ-vs-QAT comparison for parent run %s (%s: %s)",
+                        parent, type(exc).__name__, exc)
         try:
             self._finish(parent)
         except Exception as exc:  # noqa: BLE001 - tracking must never stop the sweep
@@ -121,6 +139,24 @@ class MlflowSweepCallback(Callback):
             token = page.token
             if not token:
                 return runs
+
+
+_STUDY_TAG = "quantexp.study"
+
+
+def _study_key(config: DictConfig) -> str | None:
+    """"<storage>#<study name>" of a sweeper with persistent storage, else None."""
+    storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+    name = OmegaConf.select(config, "hydra.sweeper.study_name", default=None)
+    return f"{storage}#{name}" if storage and name else None
+
+
+def _existing_study_run(client: Any, experiment_id: str, study: str) -> Any:
+    escaped = study.replace("'", "\\'")
+    runs = retry_locked(client.search_runs, [experiment_id],
+                        filter_string=f"tags.`{_STUDY_TAG}` = '{escaped}'", max_results=1,
+                        order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
 
 
 def parent_run_id() -> str | None:

@@ -59,9 +59,10 @@ def test_valid_combinations_build(overrides):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["precision=fp16"], "method=ptq_static cannot run with precision=fp16; valid precision values for ptq_static: int8"),
+    (["precision=fp16"], "method=ptq_static cannot run with precision=fp16; valid precision values for ptq_static: int8, w4a8"),
     (["method=fp32", "precision=int8"], "method=fp32 cannot run with precision=int8; valid precision values for fp32: fp32"),
-    (["hardware=ane", "method=fp32", "precision=fp32"], "hardware=ane cannot deploy with exporter=none; valid exporters for ane: coreml"),
+    # hardware=ane selects exporter=coreml; naming another exporter is refused
+    (["hardware=ane", "method=fp32", "exporter=none"], "hardware=ane cannot deploy with exporter=none; valid exporters for ane: coreml"),
     (["method.calibration.size=0"], "method.calibration.size must be >= 1, got 0"),
 ])
 def test_impossible_combinations_refused(overrides, message):

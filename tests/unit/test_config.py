@@ -28,12 +28,12 @@ def test_supported_precisions_pass(method, precision):
 
 
 def test_wrong_precision_names_valid_ones():
-    with pytest.raises(ConfigError, match=r"precision=fp16; valid precision values for ptq_static: int8"):
+    with pytest.raises(ConfigError, match=r"precision=fp16; valid precision values for ptq_static: int8, w4a8"):
         check_compatibility(experiment(precision="fp16"))
 
 
 def test_static_int8_refused_on_cuda_with_valid_hardware_listed():
-    with pytest.raises(ConfigError, match=r"hardware=cuda.*valid hardware values for ptq_static: cpu"):
+    with pytest.raises(ConfigError, match=r"hardware=cuda.*valid hardware values for ptq_static: ane, cpu"):
         check_compatibility(experiment(hardware="cuda"))
 
 

@@ -1,0 +1,371 @@
+"""Mixed precision: every layer gets its own dtype (fp32 / fp16 / bf16 / int8 / int4).
+
+How each layer dtype really runs on a CPU (so the mixed model is a real model,
+not a simulation):
+
+- ``fp16`` / ``bf16``: the layer's weights are cast (``module.to(dtype)``) and the
+  layer is wrapped in ``CastWrapper``: float inputs are cast to the dtype at the
+  boundary, outputs back to fp32, so neighbours of any precision see fp32.
+- ``int8``: Linear/Conv -> torch.ao static int8 kernels (fbgemm/oneDNN) inside a
+  ``QuantWrapper`` (QuantStub -> int8 layer -> DeQuantStub: the quant/dequant pair
+  at the layer's boundaries), calibrated on the calibration set. LSTM/GRU ->
+  dynamic int8 (``torch.ao.nn.quantized.dynamic``: int8 weights, activations
+  quantized per batch), because static int8 LSTM needs an explicit hidden state.
+- ``int4``: Linear only, ``Int4WeightLinear``: symmetric 4-bit weights, one fp32
+  scale per group of 32 inputs, two weights packed per byte (uint8 buffer, which is
+  what the TorchScript artifact stores), unpacked and dequantized in the forward
+  pass for an fp32 matmul (weight-only int4: smaller artifact, not faster on CPU).
+  (torchao's IntxWeightOnly was tried first: its TorchScript trace stored the
+  dequantized fp32 weight, so the artifact grew instead of shrinking.)
+
+``layer_dtypes`` reads back what each layer runs in from the model itself
+(module types and the dtype actually seen at the layer's compute module during a
+forward pass); the method logs it next to the assignment as a table.
+
+Strategies: ``manual`` (``method.assignment: {layer: dtype}``, unnamed layers take
+``method.default``) and ``auto`` (per-layer sensitivity measured on the
+calibration set, then ``quantexp.search.solver.solve`` under ``method.budget``).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from quantexp.config import ConfigError
+from quantexp.methods.base import QuantizationMethod, QuantizedModel, register
+
+if TYPE_CHECKING:
+    from quantexp.models.base import Split
+
+DTYPES = ("fp32", "fp16", "bf16", "int8", "int4")
+TORCH_FLOAT = {"fp16": torch.float16, "bf16": torch.bfloat16}
+LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.LSTM, nn.GRU)
+RECURRENT = (nn.LSTM, nn.GRU)
+INT4_GROUP = 32
+# Storage bits per weight element, for size estimates (int8/int4 add their scales).
+WEIGHT_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8, "int4": 4}
+
+
+def _value(d: Any) -> str:
+    return getattr(d, "value", d)
+
+
+# ----------------------------------------------------------------- layers
+def assignable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Qualified name -> module for every layer that can take its own precision:
+    Linear, Conv1/2/3d, LSTM, GRU (outermost only), in module order."""
+    out: dict[str, nn.Module] = {}
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(n + ".") for n in out):
+            continue
+        if isinstance(module, LAYER_TYPES):
+            out[name] = module
+    return out
+
+
+def supported_dtypes(module: nn.Module) -> tuple[str, ...]:
+    """The dtypes this host/backend can run for this layer."""
+    supported = ["fp32", "fp16", "bf16", "int8"]
+    if isinstance(module, nn.Linear) and module.in_features % INT4_GROUP == 0:
+        supported.append("int4")
+    return tuple(supported)
+
+
+def validate_assignment(layers: Mapping[str, nn.Module], assignment: Mapping[str, Any]) -> None:
+    """Unknown layer names and unsupported dtypes are refused with the valid choices."""
+    unknown = [name for name in assignment if name not in layers]
+    if unknown:
+        raise ConfigError(f"unknown layer name(s) in method.assignment: {', '.join(unknown)}; "
+                          f"valid layer names: {', '.join(layers)}")
+    for name, dtype in assignment.items():
+        dtype = _value(dtype)
+        if dtype not in supported_dtypes(layers[name]):
+            raise ConfigError(
+                f"layer {name} ({type(layers[name]).__name__}) cannot run in {dtype} on this "
+                f"backend; valid dtypes for {name}: {', '.join(supported_dtypes(layers[name]))}")
+
+
+def full_assignment(layers: Mapping[str, nn.Module], assignment: Mapping[str, Any],
+                    default: Any = "fp32") -> dict[str, str]:
+    validate_assignment(layers, assignment)
+    return {name: _value(assignment.get(name, default)) for name in layers}
+
+
+# ------------------------------------------------------------- wrappers
+def _cast_tree(x: Any, dtype: torch.dtype) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.to(dtype) if x.is_floating_point() else x
+    if isinstance(x, tuple):
+        return tuple(_cast_tree(v, dtype) for v in x)
+    if isinstance(x, list):
+        return [_cast_tree(v, dtype) for v in x]
+    return x
+
+
+class Int4WeightLinear(nn.Module):
+    """nn.Linear with packed symmetric int4 weights (group-wise fp32 scales)."""
+
+    def __init__(self, linear: nn.Linear, group: int = INT4_GROUP):
+        super().__init__()
+        w = linear.weight.detach().float()
+        out_f, in_f = w.shape
+        if in_f % group:
+            raise ValueError(f"int4 needs in_features divisible by {group}, got {in_f}")
+        groups = w.reshape(out_f, in_f // group, group)
+        scale = groups.abs().amax(dim=2, keepdim=True).clamp_min(1e-12) / 7
+        q = torch.round(groups / scale).clamp(-8, 7).to(torch.int16).reshape(out_f, in_f) + 8  # 0..15
+        self.register_buffer("packed", (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8))
+        self.register_buffer("scale", scale.reshape(out_f, in_f // group))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(),
+                                                                   requires_grad=False)
+        self.in_features, self.out_features, self.group = in_f, out_f, group
+
+    def weight_fp32(self) -> torch.Tensor:
+        p = self.packed.to(torch.int16)
+        q = torch.stack((p & 15, p >> 4), dim=2).reshape(self.out_features, self.in_features) - 8
+        groups = q.to(torch.float32).reshape(self.out_features, -1, self.group)
+        return (groups * self.scale.unsqueeze(2)).reshape(self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight_fp32(), self.bias)
+
+
+class CastWrapper(nn.Module):
+    """Runs ``module`` in a float dtype: inputs cast in, outputs cast back to fp32."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.module = module.to(dtype)
+        self.dtype_name = {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+        self._dtype = dtype
+
+    def forward(self, *args):
+        out = self.module(*_cast_tree(args, self._dtype))
+        return _cast_tree(out, torch.float32)
+
+
+def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def _static_qconfig(reduce_range: bool):
+    from torch.ao.quantization import QConfig
+    from torch.ao.quantization.observer import (
+        HistogramObserver,
+        PerChannelMinMaxObserver,
+    )
+
+    return QConfig(activation=HistogramObserver.with_args(dtype=torch.quint8, reduce_range=reduce_range),
+                   weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
+                                                             qscheme=torch.per_channel_symmetric))
+
+
+def build_mixed(model: nn.Module, assignment: Mapping[str, Any], calibration: Split | None,
+                reduce_range: bool = True, batch_size: int = 32, qconfig: Any = None) -> nn.Module:
+    """A copy of ``model`` in which every layer runs in its assigned dtype.
+    ``assignment`` must name every layer it changes; unnamed layers stay fp32."""
+    from torch.ao.quantization import (
+        QuantWrapper,
+        convert,
+        default_dynamic_qconfig,
+        prepare,
+        quantize_dynamic,
+    )
+
+    model = copy.deepcopy(model).eval()
+    layers = assignable_layers(model)
+    validate_assignment(layers, assignment)
+    assignment = {k: _value(v) for k, v in assignment.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao deprecation warnings
+        # 1. dynamic int8 recurrent layers (no calibration needed)
+        dynamic = {n for n, d in assignment.items() if d == "int8" and isinstance(layers[n], RECURRENT)}
+        if dynamic:
+            quantize_dynamic(model, {n: default_dynamic_qconfig for n in dynamic}, dtype=torch.qint8,
+                             inplace=True)
+        # 2. float casts and int4 weights: before calibration, so the int8 observers
+        # see the activations the mixed model really produces.
+        for name, dtype in assignment.items():
+            if dtype in TORCH_FLOAT:
+                _set(model, name, CastWrapper(model.get_submodule(name), TORCH_FLOAT[dtype]))
+            elif dtype == "int4":
+                _set(model, name, Int4WeightLinear(model.get_submodule(name)))
+        # 3. static int8 Linear/Conv: QuantStub -> int8 kernel -> DeQuantStub
+        static = [n for n, d in assignment.items() if d == "int8" and n not in dynamic]
+        if static:
+            if calibration is None:
+                raise ValueError("static int8 layers need a calibration set")
+            qconfig = qconfig or _static_qconfig(reduce_range)
+            for name in static:
+                wrapper = QuantWrapper(model.get_submodule(name))
+                wrapper.qconfig = qconfig
+                _set(model, name, wrapper)
+            prepare(model, inplace=True)
+            with torch.no_grad():
+                for inputs, _ in calibration.batches(batch_size):
+                    model(*inputs)
+            convert(model, inplace=True)
+    return model.eval()
+
+
+# ------------------------------------------------------------ read back
+def _module_dtype(module: nn.Module) -> str:
+    import torch.ao.nn.quantized as nnq
+    import torch.ao.nn.quantized.dynamic as nnqd
+    from torch.ao.quantization import QuantWrapper
+
+    if isinstance(module, CastWrapper):
+        return module.dtype_name
+    if isinstance(module, QuantWrapper):
+        inner = module.module
+        if isinstance(inner, (nnq.Linear, nnq.Conv1d, nnq.Conv2d, nnq.Conv3d)):
+            return "int8"
+        return "fp32"
+    if isinstance(module, (nnqd.LSTM, nnqd.GRU, nnqd.Linear)):
+        return "int8"
+    if isinstance(module, Int4WeightLinear):
+        return "int4"
+    weight = getattr(module, "weight", None)
+    if weight is not None and isinstance(weight, torch.Tensor):
+        return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(weight.dtype, "fp32")
+    return "fp32"
+
+
+def layer_dtypes(model: nn.Module, names: Iterable[str],
+                 example: tuple[torch.Tensor, ...] | None = None) -> list[dict[str, Any]]:
+    """Per layer: the dtype its module says it runs in, and (with ``example``) the
+    dtype of the tensor that actually reached the compute kernel in a forward pass
+    (quint8 for static int8, fp16/bf16 for cast layers)."""
+    from torch.ao.quantization import QuantWrapper
+
+    rows, seen, handles = [], {}, []
+    for name in names:
+        module = model.get_submodule(name)
+        compute = module.module if isinstance(module, (CastWrapper, QuantWrapper)) else module
+        rows.append({"layer": name, "type": type(compute).__name__, "runs_in": _module_dtype(module)})
+
+        def hook(_m, inputs, _out, name=name):
+            t = inputs[0] if inputs else None
+            if isinstance(t, torch.Tensor):
+                seen[name] = str(t.dtype).removeprefix("torch.")
+        handles.append(compute.register_forward_hook(hook))
+    if example is not None:
+        try:
+            with torch.no_grad():
+                model(*example)
+        finally:
+            for h in handles:
+                h.remove()
+        for row in rows:
+            row["kernel_input_dtype"] = seen.get(row["layer"], "not called")
+    else:
+        for h in handles:
+            h.remove()
+    return rows
+
+
+# ------------------------------------------------------------------ size
+def layer_weight_bytes(module: nn.Module, dtype: str) -> float:
+    """Bytes this layer's parameters take stored in ``dtype`` (int8: per-channel fp32
+    scales + fp32 bias; int4: one fp32 scale per group of 32 + fp32 bias)."""
+    total = 0.0
+    for pname, p in module.named_parameters():
+        is_weight = "weight" in pname
+        if dtype in ("fp16", "bf16") or (dtype in ("fp32",)):
+            total += p.numel() * WEIGHT_BITS[dtype] / 8
+        elif not is_weight:
+            total += p.numel() * 4  # biases stay fp32 in int kernels
+        elif dtype == "int8":
+            total += p.numel() + p.shape[0] * 4
+        else:  # int4
+            total += p.numel() / 2 + (p.numel() / INT4_GROUP) * 4
+    return total
+
+
+def model_size_bytes(model: nn.Module, assignment: Mapping[str, str]) -> float:
+    layers = assignable_layers(model)
+    in_layers = {id(p) for m in layers.values() for p in m.parameters()}
+    other = sum(p.numel() * 4 for p in model.parameters() if id(p) not in in_layers)
+    return other + sum(layer_weight_bytes(layers[n], assignment.get(n, "fp32")) for n in layers)
+
+
+# ---------------------------------------------------------------- method
+@register("mixed")
+class MixedPrecision(QuantizationMethod):
+    needs_calibration = True
+
+    def check_model(self, bundle):
+        layers = assignable_layers(bundle.model)
+        if not layers:
+            raise ConfigError(f"model {bundle.name} has no Linear/Conv/LSTM/GRU layers to assign")
+        validate_assignment(layers, self.cfg.assignment)
+
+    def quantize(self, bundle, calibration):
+        cfg = self.cfg
+        reduce_range = not self.host.cpu.has_vnni
+        layers = assignable_layers(bundle.model)
+        info: dict[str, Any] = {"strategy": _value(cfg.strategy), "reduce_range": reduce_range,
+                                "n_layers": len(layers)}
+        tables: dict[str, list[dict[str, Any]]] = {}
+        figures: dict[str, str] = {}
+        if _value(cfg.strategy) == "auto" or cfg.sensitivity:
+            from quantexp.analysis.sensitivity import run_sensitivity
+
+            report = run_sensitivity(bundle, calibration, choices=[_value(c) for c in cfg.choices],
+                                     reduce_range=reduce_range, hessian_samples=cfg.hessian_samples,
+                                     measure_latency=_value(cfg.strategy) == "auto"
+                                     and (cfg.budget.max_latency_ms is not None
+                                          or _value(cfg.objective) == "latency"),
+                                     batch_size=cfg.calibration.batch_size, seed=0)
+            tables.update(report.tables())
+            info.update(report.summary())
+            figures.update(report.figures())
+        from quantexp.search.solver import Budget, solve
+
+        budget = Budget(cfg.budget.max_accuracy_drop, cfg.budget.max_size_mb, cfg.budget.max_latency_ms)
+        if budget.items():  # re-checked on the measured numbers (check_measured)
+            self._budget = budget
+        if _value(cfg.strategy) == "auto":
+            result = solve(report.candidates, report.base, budget, objective=_value(cfg.objective))
+            if not result.met:
+                raise ConfigError(f"no configuration meets {budget}; closest: "
+                                  f"{result.describe_closest()}")
+            assignment = result.assignment
+            info.update({f"predicted.{k}": v for k, v in result.predicted.items()})
+            info["solver"] = result.solver
+        else:
+            assignment = full_assignment(layers, cfg.assignment, cfg.default)
+        from quantexp.config import Granularity
+        from quantexp.methods.ptq_static import build_qconfig
+
+        qconfig = build_qconfig(cfg.calibration.observer, Granularity.per_channel, reduce_range)
+        model = build_mixed(bundle.model, assignment, calibration, reduce_range,
+                            cfg.calibration.batch_size, qconfig)
+        rows = layer_dtypes(model, layers, bundle.example_inputs(2))
+        for row in rows:
+            row["assigned"] = assignment[row["layer"]]
+        tables["precision_assignment"] = rows
+        info["assignment"] = ",".join(f"{n}={d}" for n, d in assignment.items())
+        info["estimated_size_mb"] = model_size_bytes(bundle.model, assignment) / 1e6
+        for dtype in DTYPES:
+            info[f"layers_{dtype}"] = sum(d == dtype for d in assignment.values())
+        info["tables"] = tables
+        if figures:
+            info["figures"] = figures
+        return QuantizedModel(model, info)
+
+    def check_measured(self, candidate: dict[str, Any], comparison: dict[str, Any]) -> dict[str, Any]:
+        """The budget checked on the measured (not predicted) numbers."""
+        budget = getattr(self, "_budget", None)
+        if budget is None:
+            return {}
+        return budget.check_measured(candidate, comparison)
+

@@ -1,0 +1,71 @@
+"""``python run.py method=ptq_static hardware=ane`` as a user runs it (a subprocess),
+on tiny CNN settings: the validated .mlpackage, the ANE report (file and MLflow
+artifact), and accuracy/latency marked not measured on a non-macOS host; plus the
+up-front refusal of an exporter the ANE cannot use."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["model=cnn", "model.n_train=200", "model.epochs=1", "bench.min_iters=3",
+        "bench.min_seconds=0", "bench.warmup=1", "eval.bootstrap=200", "method.calibration.size=32"]
+NOT_MEASURED = "not measured on this host: Core ML prediction needs macOS"
+
+
+def run_py(args: list[str], tmp: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"cache_dir={tmp}/cache",
+                           f"hydra.run.dir={tmp}/run"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="checks what a non-macOS host records")
+def test_ptq_static_on_ane_end_to_end(tmp_path):
+    proc = run_py(["method=ptq_static", "hardware=ane", *TINY], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert NOT_MEASURED in proc.stdout
+    data = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert data["config"]["exporter"]["name"] == "coreml"
+    for metric in ("ptq_static.accuracy", "ptq_static.latency", "fp32.accuracy", "fp32.latency"):
+        assert data["not_measured"][metric] == NOT_MEASURED
+    cand = data["candidates"]["ptq_static"]
+    package = Path(cand["artifact"])
+    assert package.suffix == ".mlpackage" and (package / "Manifest.json").is_file()
+    assert cand["accuracy"] is None and cand["latency"] == {}  # nothing made up
+    assert cand["export.coreml.validated"] is True
+    assert cand["export.coreml.compute_units"] == "cpu_and_ne"
+    assert cand["export.coreml.op_counts"]["conv"] == 2
+    assert cand["export.coreml.weight_op_counts"]["constexpr_affine_dequantize"] == 4
+    assert 8.0 < cand["bits_per_param"] < 8.2 and data["candidates"]["fp32"]["bits_per_param"] == 16.0
+    report = json.loads(Path(cand["reports"]["ptq_static.ane_report.json"]).read_text())
+    assert report["compute_units"] == "cpu_and_ne" and report["compute_ops"] > 0
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("quantexp").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["not_measured.ptq_static.latency"] == NOT_MEASURED
+    assert "latency.p50_ms" not in run.data.metrics and "accuracy" not in run.data.metrics
+    assert run.data.metrics["bits_per_param"] == pytest.approx(cand["bits_per_param"])
+    reports = [a.path for a in client.list_artifacts(run.info.run_id, "reports/ptq_static")]
+    assert "reports/ptq_static/ptq_static.ane_report.json" in reports
+
+
+def test_ane_refuses_other_exporters_up_front(tmp_path):
+    # exporter=onnx once its config exists (another exporter); exporter=none until then.
+    exporter = "onnx" if (ROOT / "conf" / "exporter" / "onnx.yaml").exists() else "none"
+    proc = run_py(["method=ptq_static", "hardware=ane", f"exporter={exporter}"], tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "coreml" in last
+    assert f"exporter={exporter}" in last
+    assert not (tmp_path / "cache").exists()  # refused before any model loads

@@ -1,0 +1,239 @@
+"""Mixed precision: Hutchinson traces, per-layer sensitivity with a planted sensitive
+layer, the mixed model's real per-layer dtypes, the budget solver, Pareto maths."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from quantexp.analysis.hessian import hutchinson_trace
+from quantexp.analysis.pareto import best_under, hypervolume, pareto_front
+from quantexp.config import ConfigError
+from quantexp.methods.mixed_precision import (
+    assignable_layers,
+    build_mixed,
+    layer_dtypes,
+)
+from quantexp.models.base import ModelBundle, Split
+from quantexp.search.solver import Budget, predict, solve
+
+
+def test_hutchinson_matches_exact_trace_of_a_quadratic():
+    torch.manual_seed(0)
+    m = torch.randn(6, 6, dtype=torch.float64)
+    a = m @ m.T + torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64))  # SPD, known trace
+    b = torch.randn(4, 4, dtype=torch.float64)
+    b = b + b.T
+    x = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    # f = 1/2 x^T A x + 1/2 y^T B y + (x[:4] . y)^2 ; Hessian blocks: A + 2 y y^T on x[:4], B + 2 x x^T on y
+    def loss():
+        return 0.5 * x @ a @ x + 0.5 * y @ b @ y + (x[:4] @ y) ** 2
+    est = hutchinson_trace(loss, {"x": [x], "y": [y]}, n_samples=400, seed=1)
+    exact_x = float(torch.trace(a) + 2 * (y[:4] ** 2).sum())
+    exact_y = float(torch.trace(b) + 2 * (x[:4] ** 2).sum())
+    for name, exact in (("x", exact_x), ("y", exact_y)):
+        assert abs(est[name].trace - exact) <= 4 * est[name].std_err + 1e-9, (name, est[name], exact)
+        assert est[name].n_params == (6 if name == "x" else 4)
+    # a diagonal Hessian has zero variance under Rademacher probes: the estimate is exact.
+    z = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    d = torch.arange(1.0, 6.0, dtype=torch.float64)
+    exact = hutchinson_trace(lambda: 0.5 * (d * z * z).sum(), {"z": [z]}, n_samples=3)
+    assert exact["z"].trace == pytest.approx(15.0) and exact["z"].std_err == pytest.approx(0.0)
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc_a, self.r1 = nn.Linear(8, 32), nn.ReLU()
+        self.fc_b, self.r2 = nn.Linear(32, 32), nn.ReLU()
+        self.fc_c = nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.fc_c(self.r2(self.fc_b(self.r1(self.fc_a(x)))))
+
+
+def _planted_bundle() -> ModelBundle:
+    torch.manual_seed(0)
+    n = 512
+    x = torch.randn(n, 8)
+    x[:, 7] = 0.0  # feature 7 is always zero in the data
+    teacher = torch.randn(8, 4)
+    labels = (x @ teacher).argmax(1)
+    model = MLP()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), labels).backward()
+        opt.step()
+    with torch.no_grad():
+        # The planted layer: a huge weight on the always-zero input changes nothing in
+        # fp32, but it sets fc_a's per-channel int8 scale, so every other weight rounds to 0.
+        model.fc_a.weight[:, 7] = 1000.0
+    model.eval()
+    split = Split((x,), labels, torch.arange(n))
+    return ModelBundle(model, "mlp", "mlp", split, split, 4, ["x"], load_time_s=0.0)
+
+
+def test_sensitivity_ranks_the_planted_layer_first():
+    from quantexp.analysis.sensitivity import run_sensitivity
+
+    bundle = _planted_bundle()
+    analysis = bundle.train.subset(torch.arange(128))
+    report = run_sensitivity(bundle, analysis, choices=["fp16", "int8"], hessian_samples=3,
+                             batch_size=128, plot=True)
+    assert report.ranking("empirical")[0] == "fc_a"
+    assert report.ranking("hessian")[0] == "fc_a"
+    assert report.agreement["top1_agree"] == 1.0 and -1.0 <= report.agreement["spearman_rho"] <= 1.0
+    rows = {(r["layer"], r["dtype"]): r for r in report.rows}
+    assert rows[("fc_a", "int8")]["accuracy_drop_points"] > 20.0
+    assert rows[("fc_a", "int8")]["sqnr_db"] < rows[("fc_b", "int8")]["sqnr_db"]
+    assert rows[("fc_a", "fp16")]["accuracy_drop_points"] < 2.0  # 1000 is exact in fp16
+    tables = report.tables()
+    assert {"sensitivity", "hessian_sensitivity", "sensitivity_ranking"} <= set(tables)
+    assert report.figure
+    with open(report.figure, "rb") as fh:
+        assert fh.read(4) == b"\x89PNG"
+    # the solver, fed the measured table, keeps the planted layer out of int8
+    result = solve(report.candidates, report.base, Budget(max_accuracy_drop=2.0), objective="size")
+    assert result.met and result.assignment["fc_a"] != "int8"
+
+
+def _tiny_models():
+    from quantexp.models.cnn import SmallCNN
+    from quantexp.models.rnn import LSTMClassifier
+
+    torch.manual_seed(0)
+    cnn = SmallCNN([4, 32], 32).eval()  # fc1: 32*7*7 inputs, a multiple of the int4 group
+    lstm = LSTMClassifier(28, 16).eval()
+    return cnn, lstm
+
+
+def test_mixed_model_runs_each_layer_in_its_assigned_dtype():
+    cnn, lstm = _tiny_models()
+    x = torch.randn(48, 1, 28, 28)
+    cal = Split((x,), torch.zeros(48, dtype=torch.long), torch.arange(48))
+    assignment = {"conv1": "int8", "conv2": "fp16", "fc1": "int4", "fc2": "bf16"}
+    mixed = build_mixed(cnn, assignment, cal, batch_size=16)
+    kernel = {"int8": "quint8", "fp16": "float16", "bf16": "bfloat16", "int4": "float32", "fp32": "float32"}
+    rows = layer_dtypes(mixed, assignable_layers(cnn), (x[:2],))
+    assert [r["layer"] for r in rows] == list(assignment)
+    for row in rows:
+        assert row["runs_in"] == assignment[row["layer"]]
+        assert row["kernel_input_dtype"] == kernel[assignment[row["layer"]]]
+    out = mixed(x[:4])
+    ref = cnn(x[:4])
+    assert out.dtype == torch.float32 and out.shape == ref.shape and torch.isfinite(out).all()
+    assert not torch.equal(out, ref)  # really quantized
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.5
+    # the original model is untouched
+    assert type(cnn.conv1) is nn.Conv2d and cnn.fc2.weight.dtype == torch.float32
+    # it survives the harness' export (TorchScript trace, save, load)
+    traced = torch.jit.trace(mixed, (x[:2],), check_trace=False)
+    assert torch.allclose(traced(x[:4]), out, atol=1e-4)
+
+    rows_in = torch.randn(16, 28, 28)
+    cal = Split((rows_in,), torch.zeros(16, dtype=torch.long), torch.arange(16))
+    for dtype in ("int8", "fp16", "bf16"):
+        m = build_mixed(lstm, {"lstm": dtype, "fc": "int8"}, cal, batch_size=8)
+        r = {row["layer"]: row for row in layer_dtypes(m, ["lstm", "fc"], (rows_in[:2],))}
+        assert r["lstm"]["runs_in"] == dtype and r["fc"]["runs_in"] == "int8"
+        assert torch.isfinite(m(rows_in[:3])).all()
+
+
+def test_bad_assignment_names_the_valid_choices():
+    cnn, _ = _tiny_models()
+    with pytest.raises(ConfigError, match=r"unknown layer name\(s\) in method.assignment: fc9; "
+                                          r"valid layer names: conv1, conv2, fc1, fc2"):
+        build_mixed(cnn, {"fc9": "int8"}, None)
+    with pytest.raises(ConfigError, match="valid dtypes for conv1: fp32, fp16, bf16, int8"):
+        build_mixed(cnn, {"conv1": "int4"}, None)
+
+
+TABLE = {  # hand-made: layer -> dtype -> measured single-layer drop / size
+    "a": {"fp32": {"drop": 0.0, "size_bytes": 4000}, "int8": {"drop": 0.2, "size_bytes": 1000},
+          "int4": {"drop": 3.0, "size_bytes": 500}},
+    "b": {"fp32": {"drop": 0.0, "size_bytes": 8000}, "fp16": {"drop": 0.1, "size_bytes": 4000},
+          "int8": {"drop": 2.5, "size_bytes": 2000}},
+    "c": {"fp32": {"drop": 0.0, "size_bytes": 2000}, "int8": {"drop": 0.5, "size_bytes": 500}},
+}
+BASE = {"other_bytes": 100.0}
+
+
+@pytest.mark.parametrize("limit", [0, None])
+def test_solver_meets_a_budget_on_a_hand_made_table(limit):
+    kwargs = {} if limit is None else {"exact_limit": limit}  # 0: force the greedy solver
+    result = solve(TABLE, BASE, Budget(max_accuracy_drop=1.0), "size", **kwargs)
+    assert result.met and result.predicted["accuracy_drop"] <= 1.0
+    # the optimum: a=int8, b=fp16, c=int8 (drop 0.8, 5.6 kB); anything smaller breaks the budget
+    assert result.assignment == {"a": "int8", "b": "fp16", "c": "int8"}
+    assert result.predicted["size_mb"] == pytest.approx((100 + 1000 + 4000 + 500) / 1e6)
+    assert result.solver == ("greedy" if limit == 0 else "exact")
+    both = solve(TABLE, BASE, Budget(max_accuracy_drop=3.5, max_size_mb=0.0045), "size", **kwargs)
+    assert both.met and both.assignment == {"a": "int8", "b": "int8", "c": "int8"}  # 3.2 pts, 3.6 kB
+
+
+def test_solver_reports_the_closest_when_no_assignment_meets_the_budget():
+    result = solve(TABLE, BASE, Budget(max_accuracy_drop=0.5, max_size_mb=0.002), "size")
+    assert not result.met
+    assert result.predicted == predict(TABLE, BASE, result.closest)
+    assert "predicted" in result.describe_closest() and "a=" in result.describe_closest()
+    assert str(Budget(max_accuracy_drop=0.5, max_size_mb=0.002)) == "max_accuracy_drop=0.5, max_size_mb=0.002"
+
+
+def test_pareto_front_and_hypervolume():
+    pts = [(0.0, 4.0), (1.0, 2.0), (2.0, 1.0), (2.0, 3.0), (3.0, 3.0)]
+    assert pareto_front(pts, ["minimize", "minimize"]) == [0, 1, 2]
+    # area dominated within ref (4, 5): 4*1 + 3*2 + 2*1 = 12
+    assert hypervolume(pts, ["minimize", "minimize"], (4.0, 5.0)) == pytest.approx(12.0)
+    # maximising the first objective is the mirror image
+    mirrored = [(-a, b) for a, b in pts]
+    assert hypervolume(mirrored, ["maximize", "minimize"], (-4.0, 5.0)) == pytest.approx(12.0)
+    assert hypervolume([(5.0, 5.0)], ["minimize", "minimize"], (4.0, 5.0)) == 0.0
+    assert best_under(pts, 0, ["minimize", "minimize"], {1: 2.0}) == 1
+    assert best_under(pts, 0, ["minimize", "minimize"], {1: 0.5}) is None
+    assert math.isclose(hypervolume([(1, 1, 1)], ["minimize"] * 3, (2, 2, 2)), 1.0)
+
+
+def test_int4_linear_packs_two_weights_per_byte_and_matches_fake_quant():
+    from quantexp.analysis.sensitivity import fake_quantize_weight
+    from quantexp.methods.mixed_precision import Int4WeightLinear
+
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 8)
+    q = Int4WeightLinear(lin)
+    assert q.packed.dtype == torch.uint8 and q.packed.shape == (8, 32) and q.scale.shape == (8, 2)
+    expected = fake_quantize_weight(lin.weight, "int4")
+    assert torch.allclose(q.weight_fp32(), expected, atol=1e-6)
+    x = torch.randn(3, 64)
+    assert torch.allclose(q(x), nn.functional.linear(x, expected, lin.bias), atol=1e-5)
+    assert not torch.allclose(q.weight_fp32(), lin.weight)  # really 4-bit (16 levels per group)
+    assert len(torch.unique(q.weight_fp32()[0, :32] / q.scale[0, 0]).round()) <= 16
+
+
+def test_rank_agreement_matches_scipy():
+    from scipy.stats import kendalltau, spearmanr
+
+    from quantexp.analysis.sensitivity import rank_agreement
+
+    a, b = ["w", "x", "y", "z", "v"], ["x", "w", "z", "v", "y"]
+    got = rank_agreement(a, b)
+    pos_b = [b.index(n) for n in a]
+    assert got["spearman_rho"] == pytest.approx(spearmanr(range(5), pos_b).statistic)
+    assert got["kendall_tau"] == pytest.approx(kendalltau(range(5), pos_b).statistic)
+    assert got["top1_agree"] == 0.0 and rank_agreement(a, a)["spearman_rho"] == 1.0
+
+
+def test_mixed_config_refuses_what_it_cannot_do():
+    from quantexp.config import BudgetConfig, DType, MixedPrecisionConfig, MixedStrategy
+
+    with pytest.raises(ConfigError, match="method.strategy=auto needs a budget"):
+        MixedPrecisionConfig(strategy=MixedStrategy.auto).validate()
+    with pytest.raises(ConfigError, match="cannot assign nf4; valid dtypes: fp32, fp16, bf16, int8, int4"):
+        MixedPrecisionConfig(assignment={"fc1": DType.nf4}).validate()
+    with pytest.raises(ConfigError, match="method.budget.max_size_mb must be >= 0"):
+        MixedPrecisionConfig(strategy=MixedStrategy.auto, budget=BudgetConfig(max_size_mb=-1.0)).validate()
+    MixedPrecisionConfig(strategy=MixedStrategy.auto, budget=BudgetConfig(max_accuracy_drop=1.0)).validate()
