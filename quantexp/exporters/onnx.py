@@ -114,8 +114,10 @@ def onnx_param_bits(model: "onnx.ModelProto") -> int:
     QuantizeLinear/DequantizeLinear reads (quantization overhead counts). Not
     counted: int64/bool tensors (shapes, axes, indices) and scalar constants that
     are not quantization parameters (graph arithmetic such as 1/sqrt(d)), so an
-    fp32 export of a model stores exactly 32 bits per parameter. Each named tensor
-    counts once however many nodes read it."""
+    fp32 export stores exactly 32 bits per parameter - per parameter the graph uses:
+    parameters the forward pass never reads are not exported (MiniLM's BERT pooler,
+    147,840 parameters, is unused by mean pooling: 31.79 bits/param). Each named
+    tensor counts once however many nodes read it."""
     import onnx
 
     P = onnx.TensorProto
