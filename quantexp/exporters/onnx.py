@@ -38,15 +38,20 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from itertools import chain
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from quantexp.exporters.base import Exported, ExportError, Exporter, register
-from quantexp.runtimes.onnx_runtime import OnnxRuntime, ProviderUnavailable, providers_for
+from quantexp.exporters.base import Exported, Exporter, ExportError, register
+from quantexp.runtimes.onnx_runtime import (
+    OnnxRuntime,
+    ProviderUnavailable,
+    providers_for,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -79,7 +84,7 @@ def quantized_op(op_type: str) -> bool:
             or "Integer" in op_type)
 
 
-def iter_nodes(graph: "onnx.GraphProto") -> Iterator["onnx.NodeProto"]:
+def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """Every node, including those of subgraphs (If/Loop/Scan bodies)."""
     import onnx
 
@@ -93,7 +98,7 @@ def iter_nodes(graph: "onnx.GraphProto") -> Iterator["onnx.NodeProto"]:
                     yield from iter_nodes(g)
 
 
-def _tensor_bits(tensor: "onnx.TensorProto") -> int:
+def _tensor_bits(tensor: onnx.TensorProto) -> int:
     import numpy as np
     import onnx
 
@@ -105,7 +110,7 @@ def _tensor_bits(tensor: "onnx.TensorProto") -> int:
     return numel * 8 * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
 
 
-def onnx_param_bits(model: "onnx.ModelProto") -> int:
+def onnx_param_bits(model: onnx.ModelProto) -> int:
     """Stored bits of the parameters of an ONNX graph: initializers and ``Constant``
     node tensors (the TorchScript exporter puts int8 weights in Constant nodes).
 
@@ -163,7 +168,7 @@ def onnx_param_bits(model: "onnx.ModelProto") -> int:
     return bits
 
 
-def describe_graph(model: "onnx.ModelProto") -> dict[str, Any]:
+def describe_graph(model: onnx.ModelProto) -> dict[str, Any]:
     nodes = list(iter_nodes(model.graph))
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     return {"format": "onnx", "opset": opset, "nodes": len(nodes),
@@ -274,14 +279,14 @@ def torch_to_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], input_nam
         op = match.group(1) if match else _first_line(exc)
         raise ExportError(f"exporter=onnx cannot convert {what}: operator {op!r} has no ONNX "
                           f"symbolic at opset {opset} in {EXPORTER}") from exc
-    except Exception as exc:  # noqa: BLE001 - tracer and symbolic errors of any kind
+    except Exception as exc:
         raise ExportError(f"exporter=onnx cannot convert {what} with {EXPORTER} at opset {opset}: "
                           f"{type(exc).__name__}: {_first_line(exc)}") from exc
 
 
 @register("onnx")
 class OnnxExporter(Exporter):
-    cfg: "OnnxExporterConfig"
+    cfg: OnnxExporterConfig
 
     def __init__(self, cfg, host):
         super().__init__(cfg, host)
@@ -293,8 +298,8 @@ class OnnxExporter(Exporter):
         level = self.cfg.graph_optimization
         return getattr(level, "value", str(level))
 
-    def export(self, model: nn.Module, bundle: "ModelBundle", out_dir: Path, tag: str,
-               calibration: "Split | None" = None) -> Exported:
+    def export(self, model: nn.Module, bundle: ModelBundle, out_dir: Path, tag: str,
+               calibration: Split | None = None) -> Exported:
         refuse_unexportable(model, f"{bundle.name} ({bundle.family}, {tag})")
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{tag}.onnx"
@@ -331,12 +336,12 @@ class OnnxExporter(Exporter):
             raise ExportError(f"ONNX model {path} does not exist")
         try:
             proto = onnx.load(str(path))
-        except Exception as exc:  # noqa: BLE001 - protobuf DecodeError and friends
+        except Exception as exc:
             raise ExportError(f"{path} is not a readable ONNX model: "
                               f"{type(exc).__name__}: {_first_line(exc)}") from exc
         try:
             onnx.checker.check_model(proto)
-        except Exception as exc:  # noqa: BLE001 - onnx.checker.ValidationError
+        except Exception as exc:
             raise ExportError(f"{path} fails the ONNX checker: {_first_line(exc)}") from exc
         start = time.perf_counter()
         try:
@@ -344,7 +349,7 @@ class OnnxExporter(Exporter):
                                   graph_optimization=self.graph_optimization, hardware=self.host.target)
         except ProviderUnavailable:
             raise
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail/InvalidGraph/NotImplemented
+        except Exception as exc:
             raise ExportError(f"ONNX Runtime cannot load {path}: {_first_line(exc)}") from exc
         load_time = time.perf_counter() - start
         if self.input_names is not None and runtime.input_names != self.input_names:

@@ -9,7 +9,8 @@ runs here (``create_calibrator``), not inside ``quantize_static``, for two reaso
 - entropy: ``quantize_static`` builds its entropy calibrator with 128 histogram bins
   and 128 quantized bins, which leaves exactly one candidate threshold (the full
   range): MinMax under another name (measured: identical models). Here it searches
-  ``ENTROPY_BINS`` bins for the KL-optimal threshold.
+  ``ENTROPY_BINS`` bins for the KL-optimal threshold (MiniLM, 256 items: ~25 s more
+  than MinMax).
 The ranges go to ``quantize_static`` through its calibration cache file.
 
 Format: QDQ (default; ORT fuses DequantizeLinear -> op -> QuantizeLinear into int8
@@ -22,7 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from quantexp.methods.base import register
-from quantexp.methods.ort_common import OneBatch, OrtMethod, SplitReader, input_dtypes
+from quantexp.methods.ort_common import (
+    DEFAULT_FLOAT_OUTPUTS,
+    OneBatch,
+    OrtMethod,
+    SplitReader,
+    input_dtypes,
+)
 
 # Histogram bins of the entropy search (the KL search tries every symmetric
 # threshold from 128 quantized bins up to all bins: (ENTROPY_BINS - 128) / 2 + 1 of them).
@@ -36,8 +43,16 @@ class OrtStatic(OrtMethod):
 
     def _quantize(self, pre, out, op_types, bundle, calibration, work):
         import onnx
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_static,
+        )
+        from onnxruntime.quantization.calibrate import (
+            create_calibrator,
+            save_tensors_data,
+        )
 
         cfg = self.cfg
         qtype = {"s8": QuantType.QInt8, "u8": QuantType.QUInt8}
@@ -60,6 +75,8 @@ class OrtStatic(OrtMethod):
         save_tensors_data(ranges, cache)
         del calibrator
         fmt = QuantFormat.QDQ if cfg.quant_format.value == "qdq" else QuantFormat.QOperator
+        float_outputs = list(cfg.float_output_op_types if cfg.float_output_op_types is not None
+                             else DEFAULT_FLOAT_OUTPUTS.get(bundle.family, []))
         # The QDQ quantizer ignores ORT's MatMulConstBOnly option: exclude those nodes by name.
         excluded = activation_matmuls(onnx.load(str(pre))) if cfg.matmul_const_b_only else []
         quantize_static(str(pre), str(out), calibration_data_reader=None, quant_format=fmt,
@@ -67,9 +84,11 @@ class OrtStatic(OrtMethod):
                         reduce_range=self.reduce_range, activation_type=qtype[cfg.activation_type.value],
                         weight_type=qtype[cfg.weight_type.value], calibrate_method=method,
                         calibration_cache_path=cache, nodes_to_exclude=excluded,
-                        extra_options={"MatMulConstBOnly": cfg.matmul_const_b_only})
+                        extra_options={"MatMulConstBOnly": cfg.matmul_const_b_only,
+                                       "OpTypesToExcludeOutputQuantization": float_outputs})
         return {"quant_format": cfg.quant_format.value, "activation_type": cfg.activation_type.value,
                 "calibrate_method": cfg.calibrate_method.value, "matmul_const_b_only": cfg.matmul_const_b_only,
+                "float_output_op_types": ",".join(float_outputs) or "none",
                 "activation_matmuls_kept_float": len(excluded),
                 "calibration_items": len(calibration), "calibrated_tensors": len(ranges.data)}
 

@@ -13,9 +13,20 @@ import onnx
 import pytest
 import torch
 
-from quantexp.config import (CNNConfig, ConfigError, DType, ExperimentConfig, Fp32Config, GraphOptimization,
-                             HardwareConfig, OnnxExporterConfig, PrecisionConfig, PTQDynamicConfig,
-                             PTQStaticConfig, check_compatibility)
+from quantexp.config import (
+    CNNConfig,
+    ConfigError,
+    DType,
+    ExperimentConfig,
+    Fp32Config,
+    GraphOptimization,
+    HardwareConfig,
+    OnnxExporterConfig,
+    PrecisionConfig,
+    PTQDynamicConfig,
+    PTQStaticConfig,
+    check_compatibility,
+)
 from quantexp.exporters.base import ExportError
 
 # fp32 ONNX in ORT vs PyTorch: float sums reordered; measured max |diff| ~2e-7.

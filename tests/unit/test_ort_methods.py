@@ -13,10 +13,25 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from quantexp.config import (ORT_DYNAMIC_OP_TYPES, ORT_QDQ_OP_TYPES, ORT_QOPERATOR_OP_TYPES, CalibrateMethod,
-                             CNNConfig, ConfigError, DType, GraphOptimization, HardwareConfig, IntType,
-                             OnnxExporterConfig, OrtDynamicConfig, OrtQuantFormat, OrtStaticConfig,
-                             PrecisionConfig, build, register_configs)
+from quantexp.config import (
+    ORT_DYNAMIC_OP_TYPES,
+    ORT_QDQ_OP_TYPES,
+    ORT_QOPERATOR_OP_TYPES,
+    CalibrateMethod,
+    CNNConfig,
+    ConfigError,
+    DType,
+    GraphOptimization,
+    HardwareConfig,
+    IntType,
+    OnnxExporterConfig,
+    OrtDynamicConfig,
+    OrtQuantFormat,
+    OrtStaticConfig,
+    PrecisionConfig,
+    build,
+    register_configs,
+)
 from quantexp.models.base import Split
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,15 +49,15 @@ def conf():
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["method=ort_static"], "method=ort_static cannot run with exporter=none; valid exporter values "
-                            "for ort_static: onnx"),
+    (["method=ort_static"], ("method=ort_static cannot run with exporter=none; valid exporter values "
+                            "for ort_static: onnx")),
     (["method=ort_dynamic", "exporter=onnx", "hardware=cuda"],
      "method=ort_dynamic cannot run with hardware=cuda; valid hardware values for ort_dynamic: cpu"),
     (["method=ort_static", "exporter=onnx", "precision=fp16"],
      "method=ort_static cannot run with precision=fp16; valid precision values for ort_static: int8"),
     (["method=ort_static", "exporter=onnx", "method.activation_type=s8", "method.weight_type=u8"],
-     "method.activation_type=s8 with method.weight_type=u8 is not supported by ONNX Runtime "
-     "quantization; valid activation/weight pairs: u8/s8, u8/u8, s8/s8"),
+     ("method.activation_type=s8 with method.weight_type=u8 is not supported by ONNX Runtime "
+     "quantization; valid activation/weight pairs: u8/s8, u8/u8, s8/s8")),
     (["method=ort_static", "exporter=onnx", "method.percentile=99.9"],
      "method.percentile only applies to calibrate_method=percentile, not minmax"),
     (["method=ort_static", "exporter=onnx", "method.graph_optimization=all"],
@@ -52,6 +67,8 @@ def conf():
     (["method=ort_static", "exporter=onnx", "method.quant_format=qoperator", "method.op_types=[LayerNormalization]"],
      "method.op_types: LayerNormalization have no quantized operator for method.quant_format=qoperator"),
     (["method=ort_static", "exporter=onnx", "method.op_types=[]"], "method.op_types: (empty list)"),
+    (["method=ort_static", "exporter=onnx", "method.float_output_op_types=[Matmul]"],
+     "method.float_output_op_types: Matmul are not op types ORT quantizes"),
 ])
 def test_bad_settings_are_refused_in_one_line(conf, overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -75,11 +92,16 @@ def test_defaults_compose(conf):
     m = exp.method
     assert (m.quant_format, m.activation_type, m.weight_type) == (OrtQuantFormat.qdq, IntType.u8, IntType.s8)
     assert m.calibrate_method == CalibrateMethod.minmax and m.reduce_range is None
+    assert m.per_channel is True and m.matmul_const_b_only is True
     assert exp.exporter.graph_optimization == GraphOptimization.all and exp.exporter.opset == 17
 
 
 def test_op_type_lists_match_the_installed_onnxruntime():
-    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry, QLinearOpsRegistry
+    from onnxruntime.quantization.registry import (
+        IntegerOpsRegistry,
+        QDQRegistry,
+        QLinearOpsRegistry,
+    )
 
     assert ORT_QOPERATOR_OP_TYPES == set(QLinearOpsRegistry)
     assert ORT_QDQ_OP_TYPES == set(QDQRegistry) | set(QLinearOpsRegistry)
@@ -159,7 +181,7 @@ def accuracy(setup, exported) -> float:
 
 
 def test_static_qdq_has_qdq_nodes_int8_weights_and_keeps_accuracy(setup):
-    path, info, exported = quantize(setup, "qdq", OrtStaticConfig())
+    path, info, exported = quantize(setup, "qdq", OrtStaticConfig(calibrate_method=CalibrateMethod.minmax))
     graph = onnx.load(str(path)).graph
     ops = [n.op_type for n in graph.node]
     assert ops.count("QuantizeLinear") >= 5 and ops.count("DequantizeLinear") >= 9
@@ -179,7 +201,7 @@ def test_static_qdq_has_qdq_nodes_int8_weights_and_keeps_accuracy(setup):
 
 
 def test_static_layer_error_table_has_one_row_per_quantized_node(setup):
-    _, info, _ = quantize(setup, "qdq", OrtStaticConfig())
+    _, info, _ = quantize(setup, "qdq", OrtStaticConfig(calibrate_method=CalibrateMethod.minmax))
     rows = info["tables"]["layer_error"]
     assert [r["layer"] for r in rows] == ["/conv1/Conv", "/conv2/Conv", "/fc1/Gemm", "/fc2/Gemm"]
     assert info["layer_error_unmatched"] == 0 and info["layer_error_items"] == 32
@@ -187,6 +209,21 @@ def test_static_layer_error_table_has_one_row_per_quantized_node(setup):
         # 8-bit: tens of dB; a broken pairing (wrong tensor, pre-ReLU vs post-ReLU) gives < 10 dB.
         assert 20.0 < row["sqnr_db"] < 80.0 and 0.99 < row["cosine"] <= 1.0 and row["max_abs_err"] > 0
     assert rows[0]["compared"] == "after QDQ (+Relu)"
+
+
+def test_float_output_op_types_leave_those_outputs_unquantized(setup):
+    def quantized_outputs(path):
+        graph = onnx.load(str(path)).graph
+        producers = {o: n.op_type for n in graph.node for o in n.output}
+        return sorted(producers.get(n.input[0], "input") for n in graph.node if n.op_type == "QuantizeLinear")
+
+    default, _, _ = quantize(setup, "qdq", OrtStaticConfig(calibrate_method=CalibrateMethod.minmax))
+    assert quantized_outputs(default).count("Gemm") == 2  # cnn default: every output quantized
+    floats, info, exported = quantize(setup, "float_gemm", OrtStaticConfig(
+        calibrate_method=CalibrateMethod.minmax, float_output_op_types=["Gemm"]))
+    assert "Gemm" not in quantized_outputs(floats) and quantized_outputs(floats).count("Conv") == 2
+    assert info["float_output_op_types"] == "Gemm"
+    assert abs(accuracy(setup, exported) - accuracy(setup, setup["fp32"])) <= INT8_ACCURACY_TOLERANCE
 
 
 def test_static_qoperator_writes_quantized_operators(setup):
@@ -208,7 +245,7 @@ def test_entropy_calibration_searches_thresholds(setup):
         weights = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
         return {n.input[1]: float(weights[n.input[1]]) for n in graph.node if n.op_type == "QuantizeLinear"}
 
-    minmax, _, _ = quantize(setup, "qdq", OrtStaticConfig())
+    minmax, _, _ = quantize(setup, "qdq", OrtStaticConfig(calibrate_method=CalibrateMethod.minmax))
     entropy, info, exported = quantize(setup, "entropy", OrtStaticConfig(calibrate_method=CalibrateMethod.entropy))
     a, b = activation_scales(minmax), activation_scales(entropy)
     assert a.keys() == b.keys()
