@@ -21,7 +21,7 @@ import torch
 
 from quantexp.analysis.accuracy import accuracy, compare_predictions
 from quantexp.bench.latency import measure_latency
-from quantexp.bench.memory import PeakRSSSampler, process_peak_rss_mb
+from quantexp.bench.memory import CudaPeakMemory, PeakRSSSampler, process_peak_rss_mb
 from quantexp.bench.size import bits_per_parameter, path_size_bytes
 from quantexp.config import ExperimentConfig
 from quantexp.exporters import Exported, get_exporter
@@ -167,6 +167,9 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None) -> d
         "budget": budget,
     }
     results["objective"] = objective_values(results, exp.method.name, exp.objectives)
+    # Per-item test predictions of every candidate, so that two runs (e.g. PTQ vs QAT) can
+    # be compared paired over the same items (quantexp/analysis/ptq_vs_qat.py).
+    results["predictions_path"] = str(save_predictions(output_dir / PREDICTIONS, bundle.test, preds))
     for name, rows in tables.items():
         write_table(rows, output_dir / "tables" / f"{name}.csv")
     results["figures"] = {}
@@ -204,6 +207,18 @@ def objective_values(results: dict[str, Any], label: str, names: list[str]):
     return values[0] if len(values) == 1 else tuple(values)
 
 
+PREDICTIONS = "predictions.npz"
+
+
+def save_predictions(path: Path, test, preds: dict[str, np.ndarray | None]) -> Path:
+    """``labels`` and ``ids`` of the test split and one array of predicted classes per
+    candidate that was measured (a candidate this host cannot run has none)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, labels=test.labels.numpy(), ids=test.ids.numpy(),
+                        **{name: np.asarray(p) for name, p in preds.items() if p is not None})
+    return path
+
+
 def write_table(rows: list[dict[str, Any]], path: Path) -> None:
     import csv
 
@@ -226,12 +241,13 @@ def _measure(bundle: ModelBundle, exported: Exported, model: torch.nn.Module | N
     else:
         bits = bits_per_parameter(model.state_dict(), bundle.num_parameters)
     result = {
-        "runtime": exported.runtime.kind if exported.runtime else exported.info.get("runtime", "-"),
+        "runtime": _runtime_name(exported),
         "artifact": str(exported.artifact),
         "accuracy": None,
         "latency": {},
         "latency_raw_ms": [],
         "peak_rss_mb": None,
+        "peak_gpu_mb": None,
         "size_bytes": path_size_bytes(exported.artifact),
         "bits_per_param": bits,
         "export_time_s": exported.export_time_s,
@@ -249,13 +265,26 @@ def _measure(bundle: ModelBundle, exported: Exported, model: torch.nn.Module | N
     preds = predict(exported.runtime, bundle.test.inputs, exp.eval.batch_size, desc=f"{tag} eval")
     batch = bundle.example_inputs(exp.bench.batch_size)
     b = exp.bench
-    with PeakRSSSampler() as memory:
-        latency = measure_latency(lambda: exported.runtime(*batch), batch_size=len(batch[0]),
+    runtime = exported.runtime
+    # The runtime says how one call is timed: host wall clock, or CUDA events on a GPU.
+    timer = runtime.call_timer()
+    with PeakRSSSampler() as memory, CudaPeakMemory(getattr(runtime, "device", "cpu")) as gpu:
+        latency = measure_latency(lambda: runtime(*batch), batch_size=len(batch[0]),
                                   warmup=b.warmup, min_iters=b.min_iters, min_seconds=b.min_seconds,
-                                  max_seconds=b.max_seconds, noisy_cv_pct=b.noisy_cv_pct)
+                                  max_seconds=b.max_seconds, noisy_cv_pct=b.noisy_cv_pct,
+                                  time_call=timer)
     result.update(accuracy=accuracy(preds, bundle.test.labels.numpy()), latency=latency.summary(),
-                  latency_raw_ms=latency.raw_ms, peak_rss_mb=memory.peak_mb)
+                  latency_raw_ms=latency.raw_ms, peak_rss_mb=memory.peak_mb, peak_gpu_mb=gpu.peak_mb,
+                  timing="wall clock" if timer is None else "cuda events")
     return result, preds
+
+
+def _runtime_name(exported: Exported) -> str:
+    """"torch", "onnxruntime", ... with the device when it is not the CPU ("torch cuda")."""
+    if exported.runtime is None:
+        return exported.info.get("runtime", "-")
+    device = getattr(exported.runtime, "device", "cpu")
+    return exported.runtime.kind + ("" if device == "cpu" else f" {device}")
 
 
 def _quality_gate(comparison: dict[str, float], max_drop: float | None) -> dict[str, Any]:
@@ -276,7 +305,7 @@ def metrics_of(results: dict[str, Any]) -> dict[str, float]:
         prefix = "" if label != "fp32" or results["method"]["name"] == "fp32" else "fp32."
         for key, value in cand["latency"].items():
             metrics[f"{prefix}latency.{key}"] = value
-        for key in ("accuracy", "peak_rss_mb", "size_bytes", "bits_per_param", "export_time_s",
+        for key in ("accuracy", "peak_rss_mb", "peak_gpu_mb", "size_bytes", "bits_per_param", "export_time_s",
                     "artifact_load_time_s"):
             if cand[key] is not None:
                 metrics[f"{prefix}{key}"] = cand[key]

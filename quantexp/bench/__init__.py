@@ -14,6 +14,7 @@ _EXPORTS = {
     "measure_latency": "latency",
     "timeit_reference": "latency",
     "PeakRSSSampler": "memory",
+    "CudaPeakMemory": "memory",
     "process_peak_rss_mb": "memory",
     "StorageReport": "size",
     "UnsupportedStateError": "size",
@@ -23,6 +24,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CudaPeakMemory",
     "LatencyStats",
     "PeakRSSSampler",
     "StorageReport",

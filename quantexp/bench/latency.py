@@ -96,6 +96,46 @@ def _stats_from_samples(
     )
 
 
+#: Times one call of a callable and returns its duration in nanoseconds.
+CallTimer = Callable[[Callable[[], object]], int]
+
+
+def wall_clock_timer(clock: Callable[[], int] = time.perf_counter_ns) -> CallTimer:
+    """Host wall-clock time of one call (right for synchronous runtimes: CPU torch,
+    ONNX Runtime, LiteRT, and MPS, whose runtime synchronises before returning)."""
+
+    def time_call(fn: Callable[[], object]) -> int:
+        t0 = clock()
+        fn()
+        return clock() - t0
+
+    return time_call
+
+
+def cuda_event_timer() -> CallTimer:
+    """GPU time of one call, bracketed by CUDA events on the current stream.
+
+    CUDA kernels run asynchronously: a host clock read right after the call measures
+    only the kernel launches. So the device is synchronised first (work queued earlier
+    is not charged to this call), events are recorded around the call, and the end
+    event is waited for before reading ``elapsed_time``. Host->device input copies made
+    inside the call are on the stream and are counted, as a user's call would pay them.
+    """
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def time_call(fn: Callable[[], object]) -> int:
+        torch.cuda.synchronize()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return round(start.elapsed_time(end) * _NS_PER_MS)  # elapsed_time is in ms
+
+    return time_call
+
+
 def measure_latency(
     fn: Callable[[], object],
     *,
@@ -107,6 +147,7 @@ def measure_latency(
     noisy_cv_pct: float = 10.0,
     clock: Callable[[], int] = time.perf_counter_ns,
     max_iters: int = 10_000_000,
+    time_call: CallTimer | None = None,
 ) -> LatencyStats:
     """Time ``fn`` (one call = one batch of ``batch_size`` items).
 
@@ -116,6 +157,9 @@ def measure_latency(
     (or ``max_iters`` calls, a guard against a clock that does not advance) pass first, the
     loop stops with ``truncated=True``. ``total_s`` and throughput use the summed per-call
     time, so the harness's own loop overhead is not charged to the model.
+
+    ``time_call`` times one call (default: ``wall_clock_timer(clock)``); an asynchronous
+    device passes its own, e.g. ``cuda_event_timer()``.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -134,9 +178,8 @@ def measure_latency(
     if max_iters < min_iters:
         raise ValueError(f"max_iters ({max_iters}) < min_iters ({min_iters})")
 
-    t0 = clock()
-    fn()
-    first_call_ms = (clock() - t0) / _NS_PER_MS
+    time_call = time_call or wall_clock_timer(clock)
+    first_call_ms = time_call(fn) / _NS_PER_MS
 
     for _ in range(warmup):
         fn()
@@ -147,9 +190,7 @@ def measure_latency(
     total_ns = 0
     truncated = False
     while True:
-        t0 = clock()
-        fn()
-        dt = clock() - t0
+        dt = time_call(fn)
         raw_ns.append(dt)
         total_ns += dt
         n = len(raw_ns)

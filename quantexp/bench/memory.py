@@ -1,4 +1,5 @@
-"""Process memory measurement: peak RSS of a code block (sampled) and of the whole process.
+"""Memory measurement: peak RSS of a code block (sampled) and of the whole process, and
+peak CUDA memory of a code block.
 
 Owns the memory numbers reported for a run. RSS is in MiB (2**20 bytes) despite the
 conventional ``_mb`` suffix.
@@ -99,3 +100,29 @@ def process_peak_rss_mb() -> float:
     if sys.platform == "darwin":
         return maxrss / _MIB
     return maxrss / 1024
+
+
+class CudaPeakMemory:
+    """Peak CUDA memory PyTorch allocated during the block, in MiB (``peak_mb`` stays
+    None when ``device`` is not "cuda"). Kernel-exact, from the caching allocator's
+    statistics; memory other libraries allocate outside PyTorch is not seen."""
+
+    def __init__(self, device: str) -> None:
+        self.active = device == "cuda"
+        self.peak_mb: float | None = None
+
+    def __enter__(self) -> Self:
+        if self.active:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.active:
+            import torch
+
+            torch.cuda.synchronize()
+            self.peak_mb = torch.cuda.max_memory_allocated() / _MIB

@@ -64,9 +64,12 @@ class HostInfo:
     python: str
     # Compute dtype of the PyTorch runtime on the device (hardware.dtype), or None.
     dtype: str | None = None
+    # The GPU a cuda run executed on ("NVIDIA H100 80GB HBM3, sm_90, CUDA 13.0"), or None.
+    accelerator: str | None = None
 
     def tags(self) -> dict[str, str]:
         return {
+            **({"host.accelerator": self.accelerator} if self.accelerator else {}),
             "host.cpu": self.cpu.model,
             "host.arch": self.cpu.arch,
             "host.isa": ",".join(self.cpu.isa) or "none detected",
@@ -112,4 +115,14 @@ def probe_host(hw: HardwareConfig) -> HostInfo:
         os=f"{platform.system()} {platform.release()}",
         python=platform.python_version(),
         dtype=hw.dtype.value if hw.dtype is not None else None,
+        accelerator=describe_cuda_device() if hw.device == "cuda" else None,
     )
+
+
+def describe_cuda_device() -> str:
+    """Name, compute capability and CUDA version of the current GPU."""
+    import torch
+
+    index = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"{torch.cuda.get_device_name(index)}, sm_{major}{minor}, CUDA {torch.version.cuda}"

@@ -22,6 +22,11 @@ class Runtime(ABC):
     @abstractmethod
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor: ...
 
+    def call_timer(self):
+        """How the latency harness times one call (a ``bench.latency.CallTimer``), or
+        None (this default) for host wall-clock time. Runtimes on an asynchronous device
+        override it."""
+
     def describe(self) -> dict[str, str]:
         return {"runtime": self.kind, "artifact": str(self.artifact) if self.artifact else ""}
 

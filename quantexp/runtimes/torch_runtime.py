@@ -1,4 +1,4 @@
-"""A PyTorch module as a runtime (eager execution, inference mode)."""
+"""A PyTorch module as a runtime (eager execution, inference mode) on CPU, CUDA or MPS."""
 
 from __future__ import annotations
 
@@ -27,18 +27,31 @@ class TorchRuntime(Runtime):
             # memory: .to("mps") places weights and inputs in the memory the CPU shares,
             # and the timed call includes that input copy, as a user's call would.
             self.module = self.module.to("mps", dtype=self.dtype)
+        elif device == "cuda":
+            # Weights live on the GPU; a module quantized there (bitsandbytes) is
+            # already on it and .to() leaves its packed weights as they are.
+            self.module = self.module.to("cuda")
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             if self.device != "cpu":
                 inputs = tuple(x.to(self.device, dtype=self.dtype)
                                if self.dtype is not None and x.is_floating_point()
-                               else x.to(self.device) for x in inputs)
+                               else x.to(self.device, non_blocking=True) for x in inputs)
             out = self.module(*inputs)
             if self.device == "mps":
                 torch.mps.synchronize()  # MPS runs asynchronously: time the finished work
                 out = out.float()
+            # CUDA: no synchronisation here. The harness times CUDA calls with events
+            # (call_timer), and a caller that reads the logits (.cpu()) waits for them.
             return out
+
+    def call_timer(self):
+        if self.device == "cuda":
+            from quantexp.bench.latency import cuda_event_timer
+
+            return cuda_event_timer()
+        return None
 
     def state_dict(self) -> dict:
         return self.module.state_dict()

@@ -9,7 +9,12 @@ import numpy as np
 import psutil
 import pytest
 
-from quantexp.bench.latency import LatencyStats, measure_latency, timeit_reference
+from quantexp.bench.latency import (
+    LatencyStats,
+    measure_latency,
+    timeit_reference,
+    wall_clock_timer,
+)
 from quantexp.bench.memory import PeakRSSSampler, process_peak_rss_mb
 
 MS = 1_000_000  # ns
@@ -242,3 +247,33 @@ def test_peak_rss_short_block_has_values() -> None:
 
 def test_process_peak_rss_is_at_least_current_rss() -> None:
     assert process_peak_rss_mb() >= psutil.Process().memory_info().rss / 2**20 - 1
+
+
+def test_time_call_replaces_the_host_clock() -> None:
+    """A device timer (CUDA events on a GPU) decides every sample, the cold call included;
+    the host clock is not read at all."""
+    device_ns = iter([7 * MS, 1 * MS, 2 * MS, 3 * MS, 4 * MS])  # cold call, then 4 timed
+    calls: list[int] = []
+
+    def fn() -> None:
+        calls.append(1)
+
+    def time_call(f) -> int:
+        f()
+        return next(device_ns)
+
+    def broken_clock() -> int:
+        raise AssertionError("the host clock must not be read when time_call is given")
+
+    s = measure_latency(fn, batch_size=2, warmup=1, min_iters=4, min_seconds=0,
+                        clock=broken_clock, time_call=time_call)
+    # warm-up calls are not timed: the iterator holds exactly cold + 4 timed values
+    assert s.first_call_ms == 7.0
+    assert s.raw_ms == [1.0, 2.0, 3.0, 4.0]
+    assert s.p50_ms == 2.5
+    assert len(calls) == 1 + 1 + 4
+
+
+def test_wall_clock_timer_reads_the_clock_around_the_call() -> None:
+    w = FakeWorld([5 * MS])
+    assert wall_clock_timer(w.clock)(w.fn) == 5 * MS
