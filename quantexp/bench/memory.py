@@ -103,9 +103,10 @@ def process_peak_rss_mb() -> float:
 
 
 class CudaPeakMemory:
-    """Peak CUDA memory PyTorch allocated during the block, in MiB (``peak_mb`` stays
-    None when ``device`` is not "cuda"). Kernel-exact, from the caching allocator's
-    statistics; memory other libraries allocate outside PyTorch is not seen."""
+    """Peak CUDA memory allocated through PyTorch during the block, in MiB: what was
+    already allocated (the weights) plus the block's own peak (``peak_mb`` stays None
+    when ``device`` is not "cuda"). Exact, from the caching allocator's statistics (not
+    sampled); memory that other libraries allocate outside PyTorch is not seen."""
 
     def __init__(self, device: str) -> None:
         self.active = device == "cuda"
