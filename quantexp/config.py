@@ -159,8 +159,9 @@ class Fp32Config(MethodConfig):
 @dataclass
 class PTQStaticConfig(MethodConfig):
     name: str = "ptq_static"
-    # w4a8: 4-bit weight values (observed on [-8, 7]) in int8 kernels, int8 activations.
-    precisions: ClassVar[frozenset[str]] = frozenset({"int8", "w4a8"})
+    # w4a8: 4-bit weight values (observed on [-8, 7]) in int8 kernels, int8 activations;
+    # w4a8_tensor: the same with per-tensor weight scales.
+    precisions: ClassVar[frozenset[str]] = frozenset({"int8", "w4a8", "w4a8_tensor"})
     # PyTorch's eager/FX int8 kernels (fbgemm / oneDNN) are CPU kernels; ane: the int8
     # model lowered to a Core ML W8A8 package (exporter=coreml, see exporters/coreml.py).
     hardware: ClassVar[frozenset[str]] = frozenset({"cpu", "ane"})
@@ -283,6 +284,8 @@ class QATConfig(MethodConfig):
 
     name: str = "qat"
     init: QATInit = QATInit.scratch
+    # conf/method/qat.yaml gives init=scratch the fp32 recipe: the model's epochs,
+    # batch_size and lr, constant LR (measurements there).
     epochs: int = 3
     batch_size: int = 64
     lr: float = 1e-3
@@ -303,7 +306,7 @@ class QATConfig(MethodConfig):
     seed: Optional[int] = None
     # Our transformer family trains only a head on a frozen encoder: no trainable path for QAT.
     families: ClassVar[frozenset[str]] = frozenset({"cnn", "rnn"})
-    precisions: ClassVar[frozenset[str]] = frozenset({"int8", "w4a8"})
+    precisions: ClassVar[frozenset[str]] = frozenset({"int8", "w4a8", "w4a8_tensor"})
     hardware: ClassVar[frozenset[str]] = frozenset({"cpu", "ane"})
     exporters: ClassVar[frozenset[str]] = frozenset({"none", "coreml"})
 

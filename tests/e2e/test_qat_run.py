@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.e2e.test_run_py import ROOT, TINY, run_py, store
@@ -27,6 +28,10 @@ def test_qat_run_logs_epochs_and_deploys_the_converted_model(tmp_path):
     assert method["fake_vs_converted_top1_agreement"] >= 0.98
     assert data["candidates"]["qat"]["runtime"] == "torch"
     assert 0.0 <= data["comparison"]["accuracy"] <= 1.0
+    # per-item predictions beside results.json, for paired comparisons across runs
+    with np.load(data["predictions_path"]) as preds:
+        assert sorted(preds.files) == ["fp32", "ids", "labels", "qat"]
+        assert (preds["qat"] == preds["labels"]).mean() == pytest.approx(data["comparison"]["accuracy"])
     history = (tmp_path / "run" / "tables" / "qat_history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,") and len(history) == 2
     client, runs = store(tmp_path)

@@ -115,7 +115,7 @@ def test_failed_run_is_marked_failed_with_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["precision=fp16"], "error: method=ptq_static cannot run with precision=fp16; valid precision values for ptq_static: int8, w4a8"),
+    (["precision=fp16"], "error: method=ptq_static cannot run with precision=fp16; valid precision values for ptq_static: int8, w4a8, w4a8_tensor"),
     pytest.param(["hardware=cuda", "method=fp32"], "error: hardware=cuda is not available on this host",
                  marks=pytest.mark.skipif(_has_cuda(), reason="this host has a GPU")),
 ])

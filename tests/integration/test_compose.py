@@ -59,7 +59,7 @@ def test_valid_combinations_build(overrides):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["precision=fp16"], "method=ptq_static cannot run with precision=fp16; valid precision values for ptq_static: int8, w4a8"),
+    (["precision=fp16"], "method=ptq_static cannot run with precision=fp16; valid precision values for ptq_static: int8, w4a8, w4a8_tensor"),
     (["method=fp32", "precision=int8"], "method=fp32 cannot run with precision=int8; valid precision values for fp32: fp32"),
     # hardware=ane selects exporter=coreml; naming another exporter is refused
     (["hardware=ane", "method=fp32", "exporter=none"], "hardware=ane cannot deploy with exporter=none; valid exporters for ane: coreml"),

@@ -37,7 +37,7 @@ def test_qat_examples_build(overrides):
 @pytest.mark.parametrize("overrides,message", [
     (["method=qat", "model=minilm"],
      "method=qat cannot run with model family=transformer; valid model family values for qat: cnn, rnn"),
-    (["method=qat", "precision=fp16"], "method=qat cannot run with precision=fp16; valid precision values for qat: int8, w4a8"),
+    (["method=qat", "precision=fp16"], "method=qat cannot run with precision=fp16; valid precision values for qat: int8, w4a8, w4a8_tensor"),
     (["method=qat", "precision=w4a8", "precision.weight_dtype=nf4"],
      "precision.weight_dtype=nf4 is impossible for QAT; valid weight dtypes: int8, int4"),
     (["method=qat_finetune", "precision=w4a8", "method.bit_schedule=[8,2]"],
@@ -55,3 +55,17 @@ def test_impossible_qat_configs_refused(overrides, message):
     with pytest.raises(ConfigError) as info:
         build(compose("config", overrides=overrides))
     assert str(info.value) == message
+
+
+def test_qat_from_scratch_gets_the_fp32_training_recipe():
+    exp = build(compose("config", overrides=["method=qat", "model.epochs=10", "model.lr=0.002"]))
+    assert (exp.method.epochs, exp.method.lr, exp.method.lr_schedule.value) == (10, 0.002, "constant")
+    assert build(compose("config", overrides=["method=qat", "model.epochs=10", "method.epochs=4"])).method.epochs == 4
+    finetune = build(compose("config", overrides=["method=qat_finetune", "model.epochs=10"])).method
+    assert (finetune.epochs, finetune.lr_schedule.value) == (2, "cosine")
+
+
+def test_w4a8_tensor_is_w4a8_with_per_tensor_weight_scales():
+    exp = build(compose("config", overrides=["method=qat_finetune", "precision=w4a8_tensor"]))
+    assert (exp.precision.weight_bits, exp.precision.granularity.value) == (4, "per_tensor")
+    assert build(compose("config", overrides=["precision=w4a8_tensor"])).method.name == "ptq_static"

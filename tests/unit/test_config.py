@@ -28,7 +28,7 @@ def test_supported_precisions_pass(method, precision):
 
 
 def test_wrong_precision_names_valid_ones():
-    with pytest.raises(ConfigError, match=r"precision=fp16; valid precision values for ptq_static: int8, w4a8"):
+    with pytest.raises(ConfigError, match=r"precision=fp16; valid precision values for ptq_static: int8, w4a8, w4a8_tensor"):
         check_compatibility(experiment(precision="fp16"))
 
 

@@ -224,7 +224,7 @@ def test_qat_configs_accept_int8_and_w4a8():
     (lambda: experiment(QATConfig(), model=TransformerConfig(name="minilm", dataset="rt", path="x")),
      r"method=qat cannot run with model family=transformer; valid model family values for qat: cnn, rnn"),
     (lambda: experiment(QATConfig(), precision="fp16", weight="fp16", activation="fp16"),
-     r"precision=fp16; valid precision values for qat: int8, w4a8"),
+     r"precision=fp16; valid precision values for qat: int8, w4a8, w4a8_tensor"),
     (lambda: experiment(QATConfig(), weight="nf4"), r"weight_dtype=nf4 is impossible for QAT"),
     (lambda: experiment(QATFinetuneConfig(bit_schedule=[8, 2])), r"bit_schedule entry 2 is impossible"),
     (lambda: experiment(QATFinetuneConfig(bit_schedule=[6, 8])), r"bit_schedule entry 8|must not increase"),
