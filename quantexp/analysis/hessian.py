@@ -31,9 +31,17 @@ class TraceEstimate:
 
 
 def hutchinson_trace(loss_fn: Callable[[], torch.Tensor], groups: Mapping[str, Sequence[torch.Tensor]],
-                     n_samples: int = 16, seed: int = 0) -> dict[str, TraceEstimate]:
+                     n_samples: int = 16, seed: int = 0, rel_tol: float | None = None,
+                     min_samples: int = 8) -> dict[str, TraceEstimate]:
     """Estimate tr(H_g) of ``loss_fn()`` w.r.t. each group of tensors (which must
-    require grad). ``loss_fn`` is called once per sample (it may draw a batch)."""
+    require grad). ``loss_fn`` is called once per sample (it may draw a batch).
+
+    ``n_samples`` is the most probes drawn. With ``rel_tol``, sampling stops early
+    (after at least ``min_samples``) once every group's standard error is below
+    ``rel_tol * |trace|``. Small layers need many probes: the estimator's variance
+    is the sum of the squared off-diagonal Hessian entries, which does not shrink
+    with the layer (measured on the CNN: conv1, 160 weights, 1.82 +- 1.57 after
+    8 probes, 1.47 +- 0.57 after 64)."""
     if n_samples < 1:
         raise ValueError("n_samples must be >= 1")
     names = list(groups)
@@ -54,14 +62,20 @@ def hutchinson_trace(loss_fn: Callable[[], torch.Tensor], groups: Mapping[str, S
                 per_group[owner[i]] += float((hv * vs[i]).sum())
         for n in names:
             samples[n].append(per_group[n])
+        if rel_tol is not None and len(samples[names[0]]) >= max(min_samples, 2) and all(
+                _mean_stderr(samples[n])[1] <= rel_tol * abs(_mean_stderr(samples[n])[0]) for n in names):
+            break
     out = {}
     for n in names:
-        xs = samples[n]
-        mean = sum(xs) / len(xs)
-        var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
-        out[n] = TraceEstimate(mean, math.sqrt(var / len(xs)), len(xs),
-                               sum(t.numel() for t in groups[n]))
+        mean, err = _mean_stderr(samples[n])
+        out[n] = TraceEstimate(mean, err, len(samples[n]), sum(t.numel() for t in groups[n]))
     return out
+
+
+def _mean_stderr(xs: Sequence[float]) -> tuple[float, float]:
+    mean = sum(xs) / len(xs)
+    var = sum((x - mean) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else 0.0
+    return mean, math.sqrt(var / len(xs))
 
 
 __all__ = ["TraceEstimate", "hutchinson_trace"]

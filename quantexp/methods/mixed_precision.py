@@ -120,14 +120,16 @@ class Int4WeightLinear(nn.Module):
         groups = w.reshape(out_f, in_f // group, group)
         scale = groups.abs().amax(dim=2, keepdim=True).clamp_min(1e-12) / 7
         q = torch.round(groups / scale).clamp(-8, 7).to(torch.int16).reshape(out_f, in_f) + 8  # 0..15
-        self.register_buffer("packed", (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8))
+        # "weight" in the name: the size report counts integer tensors as stored weights only
+        # when named so (a uint8 "packed" buffer was left out: 1.41 bits/param for int4+int8).
+        self.register_buffer("packed_weight", (q[:, 0::2] | (q[:, 1::2] << 4)).to(torch.uint8))
         self.register_buffer("scale", scale.reshape(out_f, in_f // group))
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(),
                                                                    requires_grad=False)
         self.in_features, self.out_features, self.group = in_f, out_f, group
 
     def weight_fp32(self) -> torch.Tensor:
-        p = self.packed.to(torch.int16)
+        p = self.packed_weight.to(torch.int16)
         q = torch.stack((p & 15, p >> 4), dim=2).reshape(self.out_features, self.in_features) - 8
         groups = q.to(torch.float32).reshape(self.out_features, -1, self.group)
         return (groups * self.scale.unsqueeze(2)).reshape(self.out_features, self.in_features)
@@ -168,10 +170,96 @@ def _static_qconfig(reduce_range: bool):
                                                              qscheme=torch.per_channel_symmetric))
 
 
+def _reduced(qconfig: Any) -> Any:
+    """``qconfig`` with 7-bit activations (``reduce_range``)."""
+    from torch.ao.quantization import QConfig
+
+    return QConfig(activation=qconfig.activation.with_args(reduce_range=True), weight=qconfig.weight)
+
+
+def saturating_layers(model: nn.Module, names: Iterable[str], inputs: tuple[torch.Tensor, ...],
+                      max_steps: int = 4, max_share: float = 0.01) -> dict[str, float]:
+    """Static int8 layers whose kernel output departs from exact int8 arithmetic.
+
+    For every ``QuantWrapper`` in ``names`` the converted kernel's output is compared
+    with the same layer computed in fp32 from its own int8 input, int8 weights and
+    output scale (what the kernel should return, up to rounding). x86 int8 kernels
+    that sum u8*s8 pairs in 16 bits (vpmaddubsw) saturate when activations use all
+    8 bits. The method picks 8-bit activations only on VNNI CPUs (32-bit sums); this
+    check verifies that per layer instead of assuming it. Measured with 8-bit
+    activations forced on an AVX2 host (engine x86/fbgemm), on the CNN's conv1,
+    whose input is raw pixels: logit KL vs fp32 7.2e-3, against 3.6e-6 for the
+    exact computation (engine onednn, or 7-bit activations: 9.2e-6).
+    Exact kernels differ from the fp32 recomputation by rounding only (x86 here: at
+    most 2 quantization steps; onednn: a few outputs by up to 6); saturation moves
+    many outputs far (conv1: 6.7% of its outputs off by more than 4 steps, up to 51).
+    Returns {layer: share of outputs off by more than ``max_steps`` steps} for the
+    layers where that share is above ``max_share``."""
+    import torch.ao.nn.quantized as nnq
+    from torch.nn import functional as F
+
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    handles = []
+    for name in names:
+        wrapper = model.get_submodule(name)
+        inner = getattr(wrapper, "module", None)
+        if not isinstance(inner, (nnq.Linear, nnq.Conv1d, nnq.Conv2d, nnq.Conv3d)):
+            continue
+
+        def hook(_m, args, out, name=name):
+            seen[name] = (args[0], out)
+        handles.append(inner.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    bad = {}
+    for name, (x, out) in seen.items():
+        inner = model.get_submodule(name).module
+        w, b = inner.weight().dequantize(), inner.bias()
+        if isinstance(inner, nnq.Linear):
+            ref = F.linear(x.dequantize(), w, b)
+        else:
+            conv = {nnq.Conv1d: F.conv1d, nnq.Conv2d: F.conv2d, nnq.Conv3d: F.conv3d}[type(inner)]
+            if inner.padding_mode != "zeros":
+                continue
+            ref = conv(x.dequantize(), w, b, inner.stride, inner.padding, inner.dilation, inner.groups)
+        ref = torch.quantize_per_tensor(ref, float(inner.scale), int(inner.zero_point), torch.quint8)
+        diff = (out.int_repr().int() - ref.int_repr().int()).abs()
+        share = float((diff > max_steps).float().mean())
+        if share > max_share:
+            bad[name] = share
+    return bad
+
+
 def build_mixed(model: nn.Module, assignment: Mapping[str, Any], calibration: Split | None,
-                reduce_range: bool = True, batch_size: int = 32, qconfig: Any = None) -> nn.Module:
+                reduce_range: bool = True, batch_size: int = 32, qconfig: Any = None,
+                report: dict[str, Any] | None = None) -> nn.Module:
     """A copy of ``model`` in which every layer runs in its assigned dtype.
-    ``assignment`` must name every layer it changes; unnamed layers stay fp32."""
+    ``assignment`` must name every layer it changes; unnamed layers stay fp32.
+
+    Static int8 layers are built with full 8-bit activations unless ``reduce_range``;
+    a layer whose kernel then saturates (``saturating_layers``, checked on the first
+    calibration batch) is rebuilt with 7-bit activations. ``report`` (a dict) receives
+    ``reduce_range_layers``: {layer: share of saturated outputs before the rebuild}."""
+    fallback: dict[str, float] = {}
+    built = _build_mixed(model, assignment, calibration, reduce_range, batch_size, qconfig, set())
+    static = [n for n, d in assignment.items() if _value(d) == "int8"]
+    if static and not reduce_range and calibration is not None:
+        first = next(iter(calibration.batches(batch_size)))[0]
+        fallback = saturating_layers(built, static, first)
+        if fallback:
+            built = _build_mixed(model, assignment, calibration, reduce_range, batch_size, qconfig,
+                                 set(fallback))
+    if report is not None:
+        report["reduce_range_layers"] = fallback
+    return built
+
+
+def _build_mixed(model: nn.Module, assignment: Mapping[str, Any], calibration: Split | None,
+                 reduce_range: bool, batch_size: int, qconfig: Any, reduced: set[str]) -> nn.Module:
     from torch.ao.quantization import (
         QuantWrapper,
         convert,
@@ -206,7 +294,7 @@ def build_mixed(model: nn.Module, assignment: Mapping[str, Any], calibration: Sp
             qconfig = qconfig or _static_qconfig(reduce_range)
             for name in static:
                 wrapper = QuantWrapper(model.get_submodule(name))
-                wrapper.qconfig = qconfig
+                wrapper.qconfig = _reduced(qconfig) if name in reduced else qconfig
                 _set(model, name, wrapper)
             prepare(model, inplace=True)
             with torch.no_grad():
@@ -321,6 +409,8 @@ class MixedPrecision(QuantizationMethod):
 
             report = run_sensitivity(bundle, calibration, choices=[_value(c) for c in cfg.choices],
                                      reduce_range=reduce_range, hessian_samples=cfg.hessian_samples,
+                                     hessian_tol=cfg.hessian_tol, hessian_items=cfg.hessian_items,
+                                     max_items=cfg.sensitivity_items,
                                      measure_latency=_value(cfg.strategy) == "auto"
                                      and (cfg.budget.max_latency_ms is not None
                                           or _value(cfg.objective) == "latency"),
@@ -347,11 +437,16 @@ class MixedPrecision(QuantizationMethod):
         from quantexp.methods.ptq_static import build_qconfig
 
         qconfig = build_qconfig(cfg.calibration.observer, Granularity.per_channel, reduce_range)
+        built: dict[str, Any] = {}
         model = build_mixed(bundle.model, assignment, calibration, reduce_range,
-                            cfg.calibration.batch_size, qconfig)
+                            cfg.calibration.batch_size, qconfig, report=built)
         rows = layer_dtypes(model, layers, bundle.example_inputs(2))
         for row in rows:
             row["assigned"] = assignment[row["layer"]]
+            if row["runs_in"] == "int8" and not isinstance(layers[row["layer"]], RECURRENT):
+                row["activation_bits"] = 7 if reduce_range or row["layer"] in built["reduce_range_layers"] else 8
+        # static int8 layers whose x86 kernel saturated with 8-bit activations, rebuilt with 7
+        info["reduce_range_layers"] = ",".join(built["reduce_range_layers"])
         tables["precision_assignment"] = rows
         info["assignment"] = ",".join(f"{n}={d}" for n, d in assignment.items())
         info["estimated_size_mb"] = model_size_bytes(bundle.model, assignment) / 1e6

@@ -29,6 +29,7 @@ def remaining_trials(storage: Any, study_name: Any, total: Any) -> int:
     total = int(total)
     if storage in (None, "", "None") or study_name in (None, "", "None"):
         return total
+    ensure_sqlite_dir(str(storage))
     import optuna
 
     try:
@@ -43,6 +44,17 @@ def remaining_trials(storage: Any, study_name: Any, total: Any) -> int:
     return max(total - done, 0)
 
 
+def ensure_sqlite_dir(storage: str) -> None:
+    """Create the folder of a ``sqlite:///ABS/PATH.db`` storage: SQLite creates the
+    file but not its folder ("unable to open database file" on a first search,
+    where ``optuna/`` does not exist yet)."""
+    from pathlib import Path
+
+    prefix = "sqlite:///"
+    if storage.startswith(prefix) and storage[len(prefix):] not in ("", ":memory:"):
+        Path(storage[len(prefix):]).parent.mkdir(parents=True, exist_ok=True)
+
+
 def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
@@ -51,4 +63,4 @@ def register_resolvers() -> None:
                                     annotation_validation="off")
 
 
-__all__ = ["EXIT", "EXIT_NO_CONFIGURATION", "register_resolvers", "remaining_trials"]
+__all__ = ["EXIT", "EXIT_NO_CONFIGURATION", "ensure_sqlite_dir", "register_resolvers", "remaining_trials"]

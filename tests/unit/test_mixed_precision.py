@@ -45,6 +45,24 @@ def test_hutchinson_matches_exact_trace_of_a_quadratic():
     assert exact["z"].trace == pytest.approx(15.0) and exact["z"].std_err == pytest.approx(0.0)
 
 
+def test_hutchinson_stops_early_once_the_standard_error_is_small():
+    z = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    d = torch.arange(1.0, 6.0, dtype=torch.float64)
+    # zero variance (diagonal Hessian): stops at min_samples
+    est = hutchinson_trace(lambda: 0.5 * (d * z * z).sum(), {"z": [z]}, n_samples=100, rel_tol=0.1,
+                           min_samples=4)
+    assert est["z"].n_samples == 4 and est["z"].trace == pytest.approx(15.0)
+    # a dense Hessian: stops once stderr <= 10% of the trace, well before the cap
+    torch.manual_seed(0)
+    m = torch.randn(30, 30, dtype=torch.float64)
+    a = m @ m.T
+    x = torch.randn(30, dtype=torch.float64, requires_grad=True)
+    est = hutchinson_trace(lambda: 0.5 * x @ a @ x, {"x": [x]}, n_samples=400, rel_tol=0.1, seed=2)
+    assert 8 <= est["x"].n_samples < 400
+    assert est["x"].std_err <= 0.1 * abs(est["x"].trace)
+    assert abs(est["x"].trace - float(torch.trace(a))) <= 4 * est["x"].std_err
+
+
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -86,11 +104,15 @@ def test_sensitivity_ranks_the_planted_layer_first():
     report = run_sensitivity(bundle, analysis, choices=["fp16", "int8"], hessian_samples=3,
                              batch_size=128, plot=True)
     assert report.ranking("empirical")[0] == "fc_a"
+    assert report.ranking("weight_only")[0] == "fc_a"
     assert report.ranking("hessian")[0] == "fc_a"
+    assert report.agreement["weight_only_top1_agree"] == 1.0
     assert report.agreement["top1_agree"] == 1.0 and -1.0 <= report.agreement["spearman_rho"] <= 1.0
     rows = {(r["layer"], r["dtype"]): r for r in report.rows}
     assert rows[("fc_a", "int8")]["accuracy_drop_points"] > 20.0
     assert rows[("fc_a", "int8")]["sqnr_db"] < rows[("fc_b", "int8")]["sqnr_db"]
+    assert rows[("fc_a", "int8")]["kl_div"] > rows[("fc_b", "int8")]["kl_div"] >= 0.0
+    assert rows[("fc_a", "int8")]["weight_only_kl"] > rows[("fc_b", "int8")]["weight_only_kl"]
     assert rows[("fc_a", "fp16")]["accuracy_drop_points"] < 2.0  # 1000 is exact in fp16
     tables = report.tables()
     assert {"sensitivity", "hessian_sensitivity", "sensitivity_ranking"} <= set(tables)
@@ -142,6 +164,47 @@ def test_mixed_model_runs_each_layer_in_its_assigned_dtype():
         r = {row["layer"]: row for row in layer_dtypes(m, ["lstm", "fc"], (rows_in[:2],))}
         assert r["lstm"]["runs_in"] == dtype and r["fc"]["runs_in"] == "int8"
         assert torch.isfinite(m(rows_in[:3])).all()
+
+
+def test_static_int8_layers_never_keep_a_saturating_kernel():
+    """x86 int8 kernels summing u8*s8 pairs in 16 bits saturate with 8-bit activations
+    on large same-sign weights and inputs at the top of their range (this host: no
+    VNNI). build_mixed(reduce_range=False) checks each static layer against exact int8
+    arithmetic and rebuilds a saturating one with 7-bit activations."""
+    from quantexp.methods.mixed_precision import saturating_layers
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3, padding=1)
+            self.fc = nn.Linear(4 * 8 * 8, 3)
+
+        def forward(self, x):
+            return self.fc(torch.flatten(self.conv(x), 1))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.conv.weight.copy_(torch.rand(4, 1, 3, 3) * 0.5 + 0.5)
+    x = (torch.rand(64, 1, 8, 8) > 0.3).float() * 3.0 - 0.4  # mostly at the maximum
+    cal = Split((x,), torch.zeros(64, dtype=torch.long), torch.arange(64))
+    report: dict = {}
+    built = build_mixed(net, {"conv": "int8", "fc": "int8"}, cal, reduce_range=False, batch_size=32,
+                        report=report)
+    assert saturating_layers(built, ["conv", "fc"], (x[:32],)) == {}
+    for name in report["reduce_range_layers"]:  # rebuilt with 7-bit activations
+        assert built.get_submodule(name).quant.zero_point <= 127
+    with torch.no_grad():
+        ref = net(x)
+        assert float((built(x) - ref).abs().max()) < 0.05 * float(ref.abs().max())
+    if torch.backends.quantized.engine in ("x86", "fbgemm") and not _has_vnni():
+        assert "conv" in report["reduce_range_layers"]
+
+
+def _has_vnni() -> bool:
+    from quantexp.hardware.cpu import read_cpu_info
+
+    return read_cpu_info().has_vnni
 
 
 def test_bad_assignment_names_the_valid_choices():
@@ -205,13 +268,18 @@ def test_int4_linear_packs_two_weights_per_byte_and_matches_fake_quant():
     torch.manual_seed(0)
     lin = nn.Linear(64, 8)
     q = Int4WeightLinear(lin)
-    assert q.packed.dtype == torch.uint8 and q.packed.shape == (8, 32) and q.scale.shape == (8, 2)
+    assert q.packed_weight.dtype == torch.uint8 and q.packed_weight.shape == (8, 32) and q.scale.shape == (8, 2)
     expected = fake_quantize_weight(lin.weight, "int4")
     assert torch.allclose(q.weight_fp32(), expected, atol=1e-6)
     x = torch.randn(3, 64)
     assert torch.allclose(q(x), nn.functional.linear(x, expected, lin.bias), atol=1e-5)
     assert not torch.allclose(q.weight_fp32(), lin.weight)  # really 4-bit (16 levels per group)
     assert len(torch.unique(q.weight_fp32()[0, :32] / q.scale[0, 0]).round()) <= 16
+    # the size report counts the packed weights: 4 bits + a 32-bit scale per 32, fp32 bias
+    from quantexp.bench.size import bits_per_parameter
+
+    bits = bits_per_parameter(q.state_dict(), 64 * 8 + 8)
+    assert bits == pytest.approx((64 * 8 * 4 + 16 * 32 + 8 * 32) / (64 * 8 + 8))
 
 
 def test_rank_agreement_matches_scipy():
@@ -237,3 +305,17 @@ def test_mixed_config_refuses_what_it_cannot_do():
     with pytest.raises(ConfigError, match="method.budget.max_size_mb must be >= 0"):
         MixedPrecisionConfig(strategy=MixedStrategy.auto, budget=BudgetConfig(max_size_mb=-1.0)).validate()
     MixedPrecisionConfig(strategy=MixedStrategy.auto, budget=BudgetConfig(max_accuracy_drop=1.0)).validate()
+    with pytest.raises(ConfigError, match="method.hessian_tol must be > 0 or null"):
+        MixedPrecisionConfig(hessian_tol=0.0).validate()
+    with pytest.raises(ConfigError, match="method.sensitivity_items must be >= 1 or null"):
+        MixedPrecisionConfig(sensitivity_items=0).validate()
+
+
+def test_a_first_search_creates_the_folder_of_its_sqlite_study(tmp_path):
+    """SQLite creates the file, not its folder: a first ``+search=mixed_precision`` run
+    (no ``optuna/`` yet) failed with 'unable to open database file'."""
+    from quantexp.search import remaining_trials
+
+    storage = f"sqlite:///{tmp_path}/optuna/study.db"
+    assert remaining_trials(storage, "fresh", 5) == 5
+    assert (tmp_path / "optuna").is_dir()
