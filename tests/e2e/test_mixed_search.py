@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model=cnn", "model.n_train=300", "model.epochs=1", "bench.min_iters=3", "bench.min_seconds=0",
         "bench.warmup=1", "bench.batch_size=4", "eval.bootstrap=100", "method.calibration.size=32",
@@ -43,7 +41,7 @@ def _states(tmp: Path) -> list[str]:
         return []
 
 
-@pytest.mark.slow  # about 2.5 min on 2 busy cores: two run.py starts, four trials
+# In the default suite: ~50 s on 2 quiet cores (2.5 min busy): two run.py starts, four trials
 def test_search_interrupted_and_resumed(tmp_path):
     from mlflow.tracking import MlflowClient
 

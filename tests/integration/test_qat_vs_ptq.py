@@ -32,8 +32,8 @@ from quantexp.methods.qat_finetune import QATFinetune
 from quantexp.models import load_model
 from quantexp.models.training import accuracy
 
-# About 4 minutes on a busy 2-core host (fp32 training + PTQ + two QAT runs).
-pytestmark = pytest.mark.slow
+# In the default suite (the acceptance test): about 10 s on a quiet 2-core
+# host, up to 4 minutes on a busy one (fp32 training + PTQ + two QAT runs).
 
 W4A8 = PrecisionConfig(name="w4a8", weight_dtype="int4", activation_dtype="int8")
 
