@@ -8,6 +8,7 @@ module costs nothing, and the library loads only when a bnb method runs.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -63,11 +64,13 @@ def linear_targets(model: nn.Module, skip_modules: Sequence[str]) -> tuple[list[
     return targets, skipped
 
 
-def check_has_linear(method: str, bundle: ModelBundle, skip_modules: Sequence[str]) -> list[str]:
-    """Refuse (one-line ConfigError) a model with no Linear layer left to replace."""
+def check_has_linear(method: str, bundle: ModelBundle,
+                     skip_modules: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``linear_targets`` of the model; refuses (one-line ConfigError) a model with no
+    Linear layer left to replace."""
     targets, skipped = linear_targets(bundle.model, skip_modules)
     if targets:
-        return targets
+        return targets, skipped
     if skipped:
         raise ConfigError(
             f"method={method} has nothing to quantize in model {bundle.name}: all {len(skipped)} "
@@ -85,6 +88,26 @@ def replace_linears(model: nn.Module, names: Iterable[str],
         parent_name, _, child = name.rpartition(".")
         parent = modules[parent_name] if parent_name else model
         setattr(parent, child, make(modules[name]))
+
+
+def quantize_linears(method: str, bundle: ModelBundle, skip_modules: Sequence[str], device: str,
+                     make: Callable[[nn.Linear], nn.Module]) -> tuple[nn.Module, list[str], dict[str, Any]]:
+    """A copy of the model with every target Linear swapped for ``make(linear)``, moved to
+    ``device`` (where bitsandbytes quantizes), its target names, and the facts every
+    bitsandbytes method reports (version, device, layer counts, stored weight bits)."""
+    targets, skipped = check_has_linear(method, bundle, skip_modules)
+    bnb = import_bnb()
+    model = copy.deepcopy(bundle.model).eval()
+    replace_linears(model, targets, make)
+    model = move_to(model, device).eval()
+    return model, targets, {
+        "bitsandbytes_version": bnb.__version__,
+        "device": device,
+        "replaced_layers": len(targets),
+        "quantized_layers": len(targets),
+        "linear_layers_kept_fp32": len(skipped),
+        **weight_storage(model, targets),
+    }
 
 
 def frozen_bias(linear: nn.Linear) -> nn.Parameter | None:

@@ -15,7 +15,6 @@ fp16) and the per-layer output error against fp32.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,13 +25,10 @@ from quantexp.methods.base import QuantizationMethod, QuantizedModel, register
 from quantexp.methods.bnb_common import (
     check_has_linear,
     frozen_bias,
-    import_bnb,
-    linear_targets,
     memory_facts,
     move_to,
     quality_facts,
-    replace_linears,
-    weight_storage,
+    quantize_linears,
 )
 
 if TYPE_CHECKING:
@@ -113,24 +109,11 @@ class BnbInt8(QuantizationMethod):
         check_has_linear("bnb_int8", bundle, self.cfg.skip_modules)
 
     def quantize(self, bundle, calibration: Split | None) -> QuantizedModel:
-        targets = check_has_linear("bnb_int8", bundle, self.cfg.skip_modules)
-        _, skipped = linear_targets(bundle.model, self.cfg.skip_modules)
-        bnb = import_bnb()
         threshold, device = float(self.cfg.threshold), self.host.device
-        model = copy.deepcopy(bundle.model).eval()
-        replace_linears(model, targets, lambda lin: to_int8_linear(lin, threshold, device))
-        model = move_to(model, device).eval()
-
-        info: dict[str, Any] = {
-            "path": "bitsandbytes.nn.Linear8bitLt",
-            "bitsandbytes_version": bnb.__version__,
-            "device": device,
-            "threshold": threshold,
-            "replaced_layers": len(targets),
-            "quantized_layers": len(targets),
-            "linear_layers_kept_fp32": len(skipped),
-            **weight_storage(model, targets),
-        }
+        model, targets, facts = quantize_linears(
+            "bnb_int8", bundle, self.cfg.skip_modules, device,
+            lambda lin: to_int8_linear(lin, threshold, device))
+        info: dict[str, Any] = {"path": "bitsandbytes.nn.Linear8bitLt", "threshold": threshold, **facts}
         # The outlier statistic rides on the per-layer error pass (the same calibration
         # items run once through the int8 model): the int8 CPU path is slow.
         counter = OutlierCounter(model, targets, threshold) if threshold > 0.0 else None

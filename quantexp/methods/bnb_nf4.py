@@ -16,7 +16,6 @@ table only.
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,13 +26,10 @@ from quantexp.methods.base import QuantizationMethod, QuantizedModel, register
 from quantexp.methods.bnb_common import (
     check_has_linear,
     frozen_bias,
-    import_bnb,
-    linear_targets,
     memory_facts,
     move_to,
     quality_facts,
-    replace_linears,
-    weight_storage,
+    quantize_linears,
 )
 
 if TYPE_CHECKING:
@@ -79,28 +75,19 @@ class BnbNF4(QuantizationMethod):
         check_has_linear("bnb_nf4", bundle, self.cfg.skip_modules)
 
     def quantize(self, bundle, calibration: Split | None) -> QuantizedModel:
-        targets = check_has_linear("bnb_nf4", bundle, self.cfg.skip_modules)
-        _, skipped = linear_targets(bundle.model, self.cfg.skip_modules)
-        bnb = import_bnb()
         cfg, device = self.cfg, self.host.device
         compute = COMPUTE_DTYPES[ComputeDType(cfg.compute_dtype)]
-        model = copy.deepcopy(bundle.model).eval()
-        replace_linears(model, targets, lambda lin: to_4bit_linear(
-            lin, self.quant_type, cfg.blocksize, cfg.double_quant, compute, device))
-        model = move_to(model, device).eval()
-
+        model, targets, facts = quantize_linears(
+            "bnb_nf4", bundle, cfg.skip_modules, device,
+            lambda lin: to_4bit_linear(lin, self.quant_type, cfg.blocksize, cfg.double_quant,
+                                       compute, device))
         info: dict[str, Any] = {
             "path": "bitsandbytes.nn.Linear4bit",
-            "bitsandbytes_version": bnb.__version__,
-            "device": device,
             "quant_type": self.quant_type,
             "blocksize": cfg.blocksize,
             "double_quant": cfg.double_quant,
             "compute_dtype": ComputeDType(cfg.compute_dtype).value,
-            "replaced_layers": len(targets),
-            "quantized_layers": len(targets),
-            "linear_layers_kept_fp32": len(skipped),
-            **weight_storage(model, targets),
+            **facts,
             "qlora_formula_bits_per_param": qlora_bits_per_param(cfg.blocksize, cfg.double_quant),
         }
         info.update(quality_facts(bundle, model, targets, calibration, cfg.calibration.batch_size))
