@@ -5,12 +5,12 @@ are checked; plus the refusals and a FAILED run."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.run_py import run_py
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["bench.min_iters=3", "bench.min_seconds=0", "bench.warmup=1", "bench.batch_size=4",
@@ -22,14 +22,6 @@ def _has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def run_py(args: list[str], tmp: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args,
-                           f"cache_dir={tmp}/cache", f"hydra.sweep.dir={tmp}/multirun",
-                           f"hydra.run.dir={tmp}/run"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def store(tmp: Path):

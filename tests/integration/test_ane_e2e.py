@@ -6,25 +6,17 @@ up-front refusal of an exporter the ANE cannot use."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.run_py import run_py
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model=cnn", "model.n_train=200", "model.epochs=1", "bench.min_iters=3",
         "bench.min_seconds=0", "bench.warmup=1", "eval.bootstrap=200", "method.calibration.size=32"]
 NOT_MEASURED = "not measured on this host: Core ML prediction needs macOS"
-
-
-def run_py(args: list[str], tmp: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args, f"cache_dir={tmp}/cache",
-                           f"hydra.run.dir={tmp}/run"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="checks what a non-macOS host records")

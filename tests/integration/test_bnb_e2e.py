@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.run_py import run_py
 
 pytest.importorskip("bitsandbytes")
 
@@ -39,14 +38,6 @@ TOLERANCE = {"bnb_int8": (0.015, 0.98), "bnb_nf4": (0.05, 0.92)}  # (|delta acc|
 N_PARAMS = 4_800 + 100_352 + 64 + 640 + 10
 EXPECTED_BITS = {"bnb_int8": (153_600 + 806_912 + 5_760) / N_PARAMS,
                  "bnb_nf4": (153_600 + 422_880 + 2_048 + 11_376 + 320) / N_PARAMS}
-
-
-def run_py(args: list[str], tmp: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args,
-                           f"cache_dir={tmp}/cache", f"hydra.sweep.dir={tmp}/multirun",
-                           f"hydra.run.dir={tmp}/run"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def load_artifact(path: Path):

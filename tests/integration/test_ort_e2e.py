@@ -7,29 +7,18 @@ dynamic int8 model is refused before any model loads."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.run_py import run_py
+
 TINY = ["model=cnn", "model.n_train=500", "model.epochs=2", "model.lr=0.003", "bench.min_iters=3",
         "bench.min_seconds=0", "bench.warmup=1", "bench.batch_size=4", "eval.bootstrap=200",
         "method.calibration.size=64"]
 # int8 ONNX vs fp32 ONNX accuracy on the 1,000 test items: at most 1.5 points apart
 # (measured: 0.1-0.3 points).
 ACCURACY_TOLERANCE = 0.015
-
-
-def run_py(args: list[str], tmp: Path, cache: Path | None = None,
-           timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args,
-                           f"cache_dir={cache or tmp / 'cache'}", f"hydra.sweep.dir={tmp}/multirun",
-                           f"hydra.run.dir={tmp}/run"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

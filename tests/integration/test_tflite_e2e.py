@@ -6,29 +6,19 @@ incompatible combination refused before any model loads."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.run_py import run_py
+
 pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (uv sync --extra tflite)")
 pytest.importorskip("litert_torch", reason="needs the tflite extra (uv sync --extra tflite)")
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = ["bench.min_iters=3", "bench.min_seconds=0", "bench.warmup=1", "bench.batch_size=4",
         "eval.bootstrap=200", "method.calibration.size=128"]
 # Full-integer int8 vs fp32 TFLite accuracy on the 1,000 test items (measured: <= 0.3 points).
 ACCURACY_TOLERANCE = 0.015
-
-
-def run_py(args: list[str], tmp: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
-    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args,
-                           f"cache_dir={tmp}/cache", f"hydra.sweep.dir={tmp}/multirun",
-                           f"hydra.run.dir={tmp}/run"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_cnn_fp32_and_ptq_static_through_litert(tmp_path):

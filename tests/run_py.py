@@ -1,0 +1,23 @@
+"""``run.py`` as a user runs it, in a subprocess, for the end-to-end tests: the model
+cache, sweep/run directories and the MLflow store all under the test's ``tmp`` folder."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_py(args: list[str], tmp: Path, cache: Path | None = None,
+           timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run ``run.py *args``; ``cache`` (default ``tmp/cache``) may be shared across tests
+    so a model is trained once. Never raises on a non-zero exit: tests assert on it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args,
+                           f"cache_dir={cache or tmp / 'cache'}", f"hydra.sweep.dir={tmp}/multirun",
+                           f"hydra.run.dir={tmp}/run"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
