@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -199,7 +199,7 @@ def saturating_layers(model: nn.Module, names: Iterable[str], inputs: tuple[torc
     from torch.nn import functional as F
 
     seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    handles = []
+    hooks = []
     for name in names:
         wrapper = model.get_submodule(name)
         inner = getattr(wrapper, "module", None)
@@ -208,13 +208,8 @@ def saturating_layers(model: nn.Module, names: Iterable[str], inputs: tuple[torc
 
         def hook(_m, args, out, name=name):
             seen[name] = (args[0], out)
-        handles.append(inner.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
+        hooks.append((inner, hook))
+    _forward_with_hooks(model, hooks, inputs)
     bad = {}
     for name, (x, out) in seen.items():
         inner = model.get_submodule(name).module
@@ -334,7 +329,7 @@ def layer_dtypes(model: nn.Module, names: Iterable[str],
     (quint8 for static int8, fp16/bf16 for cast layers)."""
     from torch.ao.quantization import QuantWrapper
 
-    rows, seen, handles = [], {}, []
+    rows, seen, hooks = [], {}, []
     for name in names:
         module = model.get_submodule(name)
         compute = module.module if isinstance(module, (CastWrapper, QuantWrapper)) else module
@@ -344,20 +339,25 @@ def layer_dtypes(model: nn.Module, names: Iterable[str],
             t = inputs[0] if inputs else None
             if isinstance(t, torch.Tensor):
                 seen[name] = str(t.dtype).removeprefix("torch.")
-        handles.append(compute.register_forward_hook(hook))
+        hooks.append((compute, hook))
     if example is not None:
-        try:
-            with torch.no_grad():
-                model(*example)
-        finally:
-            for h in handles:
-                h.remove()
+        _forward_with_hooks(model, hooks, example)
         for row in rows:
             row["kernel_input_dtype"] = seen.get(row["layer"], "not called")
-    else:
+    return rows
+
+
+def _forward_with_hooks(model: nn.Module, hooks: Iterable[tuple[nn.Module, Callable[..., Any]]],
+                        inputs: tuple[torch.Tensor, ...]) -> None:
+    """One ``model(*inputs)`` without gradients, with each (module, forward hook)
+    registered for that pass only."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
         for h in handles:
             h.remove()
-    return rows
 
 
 # ------------------------------------------------------------------ size
