@@ -37,7 +37,7 @@ def timing_sanity(batch_size: int, iters: int = 100) -> None:
     import torch
 
     from quantexp.bench.latency import cuda_event_timer
-    from quantexp.models.cnn import SmallCNN
+    from quantexp.models.cnn.family import SmallCNN
     from quantexp.runtimes.torch_runtime import TorchRuntime
 
     runtime = TorchRuntime(SmallCNN((16, 32), 64), device="cuda")  # the default cnn's shape

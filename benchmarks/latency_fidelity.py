@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 
 from quantexp.bench.latency import measure_latency, timeit_reference
-from quantexp.config import CNNConfig, RNNConfig
+from quantexp.models.cnn.config import CNNConfig
+from quantexp.models.rnn.config import RNNConfig
 from quantexp.models import load_model
 from quantexp.runtimes import TorchRuntime
 

@@ -48,14 +48,9 @@ def main() -> None:
 
     import optuna
     from quantexp.analysis.pareto import best_under, hypervolume, pareto_front
-    from quantexp.config import CNNConfig
-    from quantexp.methods.calibration import draw_calibration
-    from quantexp.methods.mixed_precision import (
-        assignable_layers,
-        build_mixed,
-        model_size_bytes,
-        supported_dtypes,
-    )
+    from quantexp.models.cnn.config import CNNConfig
+    from quantexp.quant.calibration import draw_calibration
+    from quantexp.quant.mixed_layers import assignable_layers, build_mixed, model_size_bytes, supported_dtypes
     from quantexp.models import load_model
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,44 +1,22 @@
-"""Exporter protocol and registry (same pattern as the method registry)."""
+"""The exporter protocol and ``get_exporter``: the class an exporter schema names
+(``quantexp/exporters/<name>/config.py``). ``Exported`` lives in ``quantexp.runtimes``
+(re-exported here) because artifact-stage methods read it too."""
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 
-from quantexp.runtimes.base import Runtime
-
 from quantexp.config import ConfigError
+from quantexp.runtimes.base import Exported
 
 if TYPE_CHECKING:
     from quantexp.config import ExporterConfig
     from quantexp.hardware import HostInfo
     from quantexp.models.base import ModelBundle, Split
-
-_REGISTRY: dict[str, type["Exporter"]] = {}
-
-
-@dataclass
-class Exported:
-    """A saved artifact and what runs it. ``runtime`` is None when this host cannot
-    execute the format (Core ML on Linux); ``not_measured`` then says why."""
-
-    runtime: Runtime | None
-    artifact: Path
-    export_time_s: float
-    load_time_s: float
-    info: dict[str, Any] = field(default_factory=dict)
-    # Bits of the stored parameters (weights, biases, their quantization scales)
-    # read from the artifact itself; None: count them from the PyTorch state_dict.
-    param_bits: float | None = None
-    not_measured: str | None = None
-    # Files written beside the artifact worth keeping (e.g. the Core ML exporter's ANE
-    # compatibility report): {name: path}; the pipeline logs them as MLflow artifacts.
-    reports: dict[str, Path] = field(default_factory=dict)
 
 
 class ExportError(ConfigError):
@@ -65,15 +43,14 @@ class Exporter(ABC):
         raise TypeError(f"exporter {type(self).__name__} cannot load external artifacts")
 
 
-def register(name: str):
-    def decorator(cls: type[Exporter]) -> type[Exporter]:
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
-
-
 def get_exporter(name: str) -> type[Exporter]:
-    if name not in _REGISTRY:
-        importlib.import_module(f"quantexp.exporters.{name}")
-    return _REGISTRY[name]
+    """The exporter class the schema registered as ``name`` names (imported now)."""
+    from quantexp.config import implementation_of, schemas
+
+    known = schemas("exporter")
+    if name not in known:
+        raise KeyError(f"no exporter registered as {name!r}; known: {', '.join(known)}")
+    return implementation_of(known[name])
+
+
+__all__ = ["Exported", "ExportError", "Exporter", "get_exporter"]

@@ -1,14 +1,13 @@
 """The protocol every quantization method follows, and the registry that finds them.
 
-A method is ``quantexp/methods/<name>.py`` (a ``QuantizationMethod`` subclass
-decorated with ``@register("<name>")``), its schema in ``quantexp/config.py`` and
-``conf/method/<name>.yaml``. The pipeline only calls ``get_method(name)``: adding
-a method never touches it.
+A method is a package ``quantexp/methods/<pkg>/``: a torch-free ``config.py`` whose
+schema (a ``MethodConfig`` subclass) names its implementation class, a module with
+that ``QuantizationMethod`` subclass, and ``conf/method/<name>.yaml``. The pipeline
+only calls ``get_method(name)``: adding a method never touches it.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -18,11 +17,9 @@ from torch import nn
 
 if TYPE_CHECKING:
     from quantexp.config import MethodConfig, PrecisionConfig
-    from quantexp.exporters.base import Exported
     from quantexp.hardware import HostInfo
     from quantexp.models.base import ModelBundle, Split
-
-_REGISTRY: dict[str, type["QuantizationMethod"]] = {}
+    from quantexp.runtimes.base import Exported
 
 
 @dataclass
@@ -62,26 +59,15 @@ class QuantizationMethod(ABC):
         raise TypeError(f"{type(self).__name__} is a model-stage method")
 
 
-def register(name: str):
-    def decorator(cls: type[QuantizationMethod]) -> type[QuantizationMethod]:
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorator
-
-
 def get_method(name: str) -> type[QuantizationMethod]:
-    """The class registered as ``name``; imports ``quantexp.methods.<name>`` on first use
-    so that heavy back-ends (bitsandbytes, onnxruntime) load only when chosen."""
-    if name not in _REGISTRY:
-        try:
-            importlib.import_module(f"quantexp.methods.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"quantexp.methods.{name}":
-                raise
-    if name not in _REGISTRY:
-        raise KeyError(f"no quantization method registered as {name!r}")
-    return _REGISTRY[name]
+    """The class the method schema registered as ``name`` names, imported now, so that
+    heavy back-ends (bitsandbytes, onnxruntime) load only when chosen."""
+    from quantexp.config import implementation_of, schemas
+
+    known = schemas("method")
+    if name not in known:
+        raise KeyError(f"no quantization method registered as {name!r}; known: {', '.join(known)}")
+    return implementation_of(known[name])
 
 
 def count_modules(model: nn.Module, types: tuple[type, ...]) -> int:

@@ -59,3 +59,40 @@ class ModelBundle:
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    @classmethod
+    def from_module(cls, module: nn.Module, *, calibration: Split | None = None,
+                    test: Split | None = None, example_inputs: tuple[torch.Tensor, ...] | None = None,
+                    name: str = "custom", family: str | None = None,
+                    input_names: list[str] | None = None) -> "ModelBundle":
+        """Wrap a user's own ``module`` (and data) for a method or the pipeline.
+
+        ``calibration`` stands in as the training split (methods draw calibration
+        items from it); ``test`` defaults to ``calibration`` or, with neither, to
+        ``example_inputs`` with dummy labels (enough to trace and size the model,
+        not to measure accuracy). ``family`` defaults to ``guess_family(module)``."""
+        data = test or calibration
+        if data is None:
+            if example_inputs is None:
+                raise ValueError("ModelBundle.from_module needs calibration, test or example_inputs")
+            n = int(example_inputs[0].shape[0])
+            data = Split(tuple(example_inputs), torch.zeros(n, dtype=torch.long), torch.arange(n))
+        module = module.eval()
+        with torch.no_grad():
+            num_classes = int(module(*(x[:1] for x in data.inputs)).shape[-1])
+        return cls(model=module, name=name, family=family or guess_family(module),
+                   train=calibration or data, test=data, num_classes=num_classes,
+                   input_names=input_names or [f"input_{i}" for i in range(len(data.inputs))],
+                   load_time_s=0.0)
+
+
+def guess_family(module: nn.Module) -> str:
+    """The model family the compatibility rules should treat ``module`` as: rnn with a
+    recurrent layer, transformer with attention or an embedding, cnn otherwise."""
+    kinds = {type(m).__name__ for m in module.modules()}
+    if any(isinstance(m, (nn.LSTM, nn.GRU, nn.RNN)) for m in module.modules()):
+        return "rnn"
+    if any(isinstance(m, (nn.MultiheadAttention, nn.Embedding)) for m in module.modules()) or any(
+            "Attention" in k for k in kinds):
+        return "transformer"
+    return "cnn"

@@ -1,7 +1,7 @@
 """``load_model``: the one entry point from a model config to a ready fp32 model.
 
-Owns: the registry from model family to its builder, and the load sequence every
-family shares: build the data, build the architecture under the experiment seed,
+Owns: ``family_builder`` (the builder a model family's schema names, in
+``quantexp/models/<family>/config.py``) and the load sequence every family shares: build the data, build the architecture under the experiment seed,
 then either load cached weights or train, measure test accuracy and cache them.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Protocol
@@ -19,11 +18,8 @@ from torch import nn
 from quantexp.config import ConfigError, ModelConfig
 from quantexp.models import cache
 from quantexp.models.base import ModelBundle, Split
-from quantexp.models.cnn import CNNFamily
 from quantexp.models.datasets import RawDataset
-from quantexp.models.rnn import RNNFamily
 from quantexp.models.training import accuracy, seeded
-from quantexp.models.transformer import TransformerFamily
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +36,15 @@ class FamilyBuilder(Protocol):
     def fingerprint(self) -> dict: ...  # source files the weights depend on, beyond the config
 
 
-FAMILIES: dict[str, Callable[[ModelConfig], FamilyBuilder]] = {
-    "cnn": CNNFamily,
-    "rnn": RNNFamily,
-    "transformer": TransformerFamily,
-}
+def family_builder(cfg: ModelConfig) -> FamilyBuilder:
+    """The builder of ``cfg``'s family (the class its schema names), built from ``cfg``."""
+    from quantexp.config import implementation_of, schemas
+
+    family = family_name(cfg)
+    known = schemas("model")
+    if family not in known:
+        raise ConfigError(f"unknown model family {family!r}; valid families: {', '.join(sorted(known))}")
+    return implementation_of(known[family])(cfg)
 
 
 def family_name(cfg: ModelConfig) -> str:
@@ -56,9 +56,7 @@ def load_model(cfg: ModelConfig, seed: int, cache_dir: Path) -> ModelBundle:
     it), in eval mode on the CPU, with its train and test splits."""
     start = time.perf_counter()
     family = family_name(cfg)
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model family {family!r}; valid families: {', '.join(sorted(FAMILIES))}")
-    builder = FAMILIES[family](cfg)
+    builder = family_builder(cfg)
     train, test, raw = builder.data()
     model = seeded(seed, lambda: builder.build(raw.num_classes))
     fingerprint = builder.fingerprint()

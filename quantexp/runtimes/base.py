@@ -1,9 +1,12 @@
-"""The runtime protocol and the batched prediction loop shared by every runtime."""
+"""The runtime protocol, ``Exported`` (a saved artifact and the runtime that runs it),
+and the batched prediction loop shared by every runtime."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,6 +32,25 @@ class Runtime(ABC):
 
     def describe(self) -> dict[str, str]:
         return {"runtime": self.kind, "artifact": str(self.artifact) if self.artifact else ""}
+
+
+@dataclass
+class Exported:
+    """A saved artifact and what runs it. ``runtime`` is None when this host cannot
+    execute the format (Core ML on Linux); ``not_measured`` then says why."""
+
+    runtime: Runtime | None
+    artifact: Path
+    export_time_s: float
+    load_time_s: float
+    info: dict[str, Any] = field(default_factory=dict)
+    # Bits of the stored parameters (weights, biases, their quantization scales)
+    # read from the artifact itself; None: count them from the PyTorch state_dict.
+    param_bits: float | None = None
+    not_measured: str | None = None
+    # Files written beside the artifact worth keeping (e.g. the Core ML exporter's ANE
+    # compatibility report): {name: path}; the pipeline logs them as MLflow artifacts.
+    reports: dict[str, Path] = field(default_factory=dict)
 
 
 def predict(runtime: Runtime, inputs: tuple[torch.Tensor, ...], batch_size: int,

@@ -75,7 +75,7 @@ class SearchCallback(Callback):
     def _report(self, config: DictConfig) -> None:
         import optuna
         from quantexp.analysis.pareto import pareto_front
-        from quantexp.search.solver import Budget
+        from quantexp.quant.solver import Budget
 
         study = _study(config)
         if study is None:

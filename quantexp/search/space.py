@@ -26,13 +26,13 @@ PARAM_PREFIX = "++method.assignment."
 
 @functools.lru_cache(maxsize=8)
 def _layer_dtypes(family: str, model_yaml: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
-    from quantexp.config import SCHEMAS
-    from quantexp.methods.mixed_precision import assignable_layers, supported_dtypes
-    from quantexp.models.zoo import FAMILIES, family_name
+    from quantexp.config import schemas
+    from quantexp.models.zoo import family_builder
+    from quantexp.quant.mixed_layers import assignable_layers, supported_dtypes
 
-    node = OmegaConf.merge(OmegaConf.structured(SCHEMAS["model"][family]), OmegaConf.create(model_yaml))
+    node = OmegaConf.merge(OmegaConf.structured(schemas("model")[family]), OmegaConf.create(model_yaml))
     model_cfg = OmegaConf.to_object(node)
-    module = FAMILIES[family_name(model_cfg)](model_cfg).build(10)
+    module = family_builder(model_cfg).build(10)
     return tuple((name, supported_dtypes(m)) for name, m in assignable_layers(module).items())
 
 

@@ -31,16 +31,16 @@ log = logging.getLogger(__name__)
 _CHILD_TAG = "mlflow.parentRunId"
 
 
-def _project_root(config: DictConfig) -> Path:
+def project_root_of(config: DictConfig) -> Path:
     # hydra.runtime.cwd is filled in at compose time, so it is already set when
     # on_multirun_start runs; the fallback covers configs composed elsewhere.
     cwd = OmegaConf.select(config, "hydra.runtime.cwd", default=None)
     return Path(cwd or os.getcwd())
 
 
-def _sweep_dir(config: DictConfig) -> Path:
+def sweep_dir_of(config: DictConfig) -> Path:
     sweep_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir")))
-    return sweep_dir if sweep_dir.is_absolute() else _project_root(config) / sweep_dir
+    return sweep_dir if sweep_dir.is_absolute() else project_root_of(config) / sweep_dir
 
 
 class MlflowSweepCallback(Callback):
@@ -60,13 +60,13 @@ class MlflowSweepCallback(Callback):
             self._parent_run_id = None
 
     def _start(self, config: DictConfig) -> None:
-        root = _project_root(config)
+        root = project_root_of(config)
         # Creating the store and the experiment here, before any job starts,
         # avoids parallel jobs racing to create the sqlite schema.
         client, experiment_id = open_client(
             OmegaConf.select(config, "tracking.uri", default=None), root,
             OmegaConf.select(config, "tracking.experiment", default="quantexp"))
-        sweep_dir = _sweep_dir(config)
+        sweep_dir = sweep_dir_of(config)
         overrides = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
         study = _study_key(config)
         run = _existing_study_run(client, experiment_id, study) if study else None
@@ -94,13 +94,6 @@ class MlflowSweepCallback(Callback):
         parent = self._parent_run_id
         if parent is None:
             return
-        try:  # ptq_static vs qat/qat_finetune side by side, when the sweep ran them
-            from quantexp.analysis.ptq_vs_qat import log_comparison
-
-            log_comparison(self._client, parent, _sweep_dir(config))
-        except Exception as exc:  # noqa: BLE001 - tracking must never stop the sweep
-            log.warning("MLflow: no PTQ-vs-QAT comparison for parent run %s (%s: %s)",
-                        parent, type(exc).__name__, exc)
         try:
             self._finish(parent)
         except Exception as exc:  # noqa: BLE001 - tracking must never stop the sweep

@@ -8,13 +8,15 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf.errors import ValidationError
 
-from quantexp.config import (ConfigError, ExperimentConfig, HardwareConfig, MethodConfig,
-                             ModelConfig, PrecisionConfig, build, register_configs)
+from omegaconf import OmegaConf
+
+from quantexp.config import (ConfigError, ExperimentConfig, ExporterConfig, HardwareConfig, MethodConfig,
+                             ModelConfig, PrecisionConfig, build, register_configs, schemas)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("model", "method", "precision", "hardware", "exporter")
 SCHEMA_OF = {"model": ModelConfig, "method": MethodConfig, "precision": PrecisionConfig,
-             "hardware": HardwareConfig}
+             "hardware": HardwareConfig, "exporter": ExporterConfig}
 
 
 def options(group):
@@ -28,23 +30,46 @@ def hydra_conf():
         yield
 
 
+# Partners that make each option a valid run (the defaults are cnn / ptq_static / int8 /
+# none / cpu), so that every case reaches its schema assertions.
+PARTNERS = {
+    ("model", "hf"): ["model.path=/some/dir"],
+    ("method", "ort_dynamic"): ["exporter=onnx"],
+    ("method", "ort_static"): ["exporter=onnx"],
+    ("precision", "fp16"): ["method=ptq_dynamic"],
+    ("precision", "fp32"): ["method=fp32"],
+    ("precision", "fp4"): ["method=bnb_nf4"],
+    ("precision", "nf4"): ["method=bnb_nf4"],
+    ("precision", "mixed"): ["method=mixed"],
+    ("hardware", "cuda"): ["method=fp32"],
+    ("hardware", "mps"): ["method=fp32"],
+}
+# Options no method accepts yet: they compose into their schema and every run refuses them.
+REFUSED = {("precision", "bf16"): "cannot run with precision=bf16; valid precision values for"}
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
 def test_every_option_composes_into_its_schema(group, option):
-    overrides = [f"{group}={option}"]
-    if (group, option) == ("model", "hf"):
-        overrides.append("model.path=/some/dir")
-    cfg = compose("config", overrides=overrides)
-    try:
-        exp = build(cfg)
-    except ConfigError as exc:  # an incompatible pairing with the defaults: still one clear line
-        message = str(exc)
-        assert "\n" not in message and ("valid" in message), message
+    cfg = compose("config", overrides=[f"{group}={option}", *PARTNERS.get((group, option), [])])
+    if (group, option) in REFUSED:
+        assert isinstance(OmegaConf.to_object(cfg[group]), SCHEMA_OF[group])
+        with pytest.raises(ConfigError, match=REFUSED[(group, option)]) as info:
+            build(cfg)
+        assert "\n" not in str(info.value)
         return
+    exp = build(cfg)
     assert isinstance(exp, ExperimentConfig)
     node = getattr(exp, group)
-    if group in SCHEMA_OF:
-        assert isinstance(node, SCHEMA_OF[group])
+    assert isinstance(node, SCHEMA_OF[group])
+    assert type(node) is schemas(group)[_schema_key(group, node)]
     assert node.name == option
+
+
+def _schema_key(group, node):
+    """The name a node's schema is registered under in its group."""
+    if group == "model":
+        return node.family.value
+    return node.name if group in ("method", "exporter") else group
 
 
 @pytest.mark.parametrize("overrides", [

@@ -13,22 +13,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from quantexp.config import (
-    CalibrationConfig,
-    CNNConfig,
-    HardwareConfig,
-    Observer,
-    PrecisionConfig,
-    PTQStaticConfig,
-    QATConfig,
-    QATFinetuneConfig,
-    QATInit,
-)
+from quantexp.config import CalibrationConfig, HardwareConfig, Observer, PrecisionConfig
+from quantexp.models.cnn.config import CNNConfig
+from quantexp.methods.ptq_static.config import PTQStaticConfig
+from quantexp.methods.qat.config import QATConfig, QATFinetuneConfig, QATInit
 from quantexp.hardware import probe_host
-from quantexp.methods.calibration import draw_calibration
-from quantexp.methods.ptq_static import PTQStatic
-from quantexp.methods.qat import QAT
-from quantexp.methods.qat_finetune import QATFinetune
+from quantexp.quant.calibration import draw_calibration
+from quantexp.methods.ptq_static.method import PTQStatic
+from quantexp.methods.qat.method import QAT
+from quantexp.methods.qat.finetune import QATFinetune
 from quantexp.models import load_model
 from quantexp.models.training import accuracy
 

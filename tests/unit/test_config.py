@@ -2,9 +2,19 @@
 
 import pytest
 
-from quantexp.config import (CNNConfig, ConfigError, ExperimentConfig, ExporterConfig, Fp32Config,
-                             HardwareConfig, PrecisionConfig, PTQDynamicConfig, PTQStaticConfig,
-                             RNNConfig, check_compatibility)
+from quantexp.models.cnn.config import CNNConfig
+from quantexp.config import (
+    ConfigError,
+    ExperimentConfig,
+    ExporterConfig,
+    HardwareConfig,
+    PrecisionConfig,
+    check_compatibility,
+)
+from quantexp.methods.fp32.config import Fp32Config
+from quantexp.methods.ptq_dynamic.config import PTQDynamicConfig
+from quantexp.methods.ptq_static.config import PTQStaticConfig
+from quantexp.models.rnn.config import RNNConfig
 
 
 def experiment(method=None, precision="int8", hardware="cpu", exporter="none", model=None):
@@ -49,8 +59,9 @@ def test_ane_needs_coreml_exporter():
     ("test_fraction", 1.5, "model.test_fraction must be in"),
 ])
 def test_model_values_are_checked(field, value, message):
-    model = RNNConfig(name="lstm", dataset="mnist5k_rows", **{field: value})
+    # The schema checks itself when built (__post_init__), so the refusal comes there.
     with pytest.raises(ConfigError, match=message):
+        model = RNNConfig(name="lstm", dataset="mnist5k_rows", **{field: value})
         experiment(method=PTQDynamicConfig(), model=model).validate()
 
 

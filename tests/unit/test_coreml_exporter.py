@@ -16,28 +16,21 @@ import pytest
 import torch
 from torch import nn
 
-from quantexp.analysis.ane_report import ane_report
-from quantexp.analysis.mlprogram import inspect_package, read_blob
-from quantexp.config import (
-    CalibrationConfig,
+from quantexp.exporters.coreml.ane_report import ane_report
+from quantexp.exporters.coreml.mlprogram import inspect_package, read_blob
+from quantexp.config import CalibrationConfig, DType, HardwareConfig, PrecisionConfig
+from quantexp.exporters.coreml.config import (
     ComputePrecision,
     CoreMLExporterConfig,
     DeploymentTarget,
-    DType,
-    HardwareConfig,
-    PrecisionConfig,
-    PTQStaticConfig,
     WeightCompression,
 )
+from quantexp.methods.ptq_static.config import PTQStaticConfig
 from quantexp.exporters.base import ExportError
-from quantexp.exporters.coreml import (
-    CoreMLExporter,
-    CoreMLValidationError,
-    validate_package,
-)
+from quantexp.exporters.coreml.exporter import CoreMLExporter, CoreMLValidationError, validate_package
 from quantexp.hardware.probe import probe_host
 from quantexp.models.base import ModelBundle, Split
-from quantexp.models.cnn import SmallCNN
+from quantexp.models.cnn.family import SmallCNN
 
 LINUX_ONLY = pytest.mark.skipif(sys.platform == "darwin", reason="checks what a non-macOS host gets")
 
@@ -180,7 +173,7 @@ def test_ane_report_flags_planted_problems(host, tmp_path):
 
 
 def test_ptq_static_model_keeps_its_int8_weights_and_activation_scales(cnn, host, tmp_path):
-    from quantexp.methods.ptq_static import PTQStatic
+    from quantexp.methods.ptq_static.method import PTQStatic
 
     precision = PrecisionConfig(name="int8", weight_dtype=DType.int8, activation_dtype=DType.int8)
     method = PTQStatic(PTQStaticConfig(calibration=CalibrationConfig(size=32)), precision, host)
@@ -206,8 +199,8 @@ def test_ptq_static_model_keeps_its_int8_weights_and_activation_scales(cnn, host
 def test_dynamic_lstm_lowering_keeps_the_quantized_numbers():
     from torch.ao.quantization import quantize_dynamic
 
-    from quantexp.exporters.coreml_lowering import is_torch_ao_quantized, lower_torch_ao
-    from quantexp.models.rnn import LSTMClassifier
+    from quantexp.exporters.coreml.lowering import is_torch_ao_quantized, lower_torch_ao
+    from quantexp.models.rnn.family import LSTMClassifier
 
     torch.manual_seed(0)
     model = LSTMClassifier().eval()

@@ -1,4 +1,4 @@
-"""Per-layer error (quantexp.analysis.layer_error): SQNR of a planted error, identical
+"""Per-layer error (quantexp.quant.layer_error): SQNR of a planted error, identical
 models, and real torch.ao quantized models (dynamic, eager static with a fused
 Linear+ReLU whose output is a quantized tensor)."""
 
@@ -11,12 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from quantexp.analysis.layer_error import (
-    layer_error,
-    layer_error_info,
-    quantized_layer_names,
-    sqnr_db,
-)
+from quantexp.quant.layer_error import layer_error, layer_error_info, quantized_layer_names, sqnr_db
 from quantexp.models.base import Split
 
 

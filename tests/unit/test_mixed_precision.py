@@ -9,16 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from quantexp.analysis.hessian import hutchinson_trace
+from quantexp.quant.hessian import hutchinson_trace
 from quantexp.analysis.pareto import best_under, hypervolume, pareto_front
 from quantexp.config import ConfigError
-from quantexp.methods.mixed_precision import (
-    assignable_layers,
-    build_mixed,
-    layer_dtypes,
-)
+from quantexp.quant.mixed_layers import assignable_layers, build_mixed, layer_dtypes
 from quantexp.models.base import ModelBundle, Split
-from quantexp.search.solver import Budget, predict, solve
+from quantexp.quant.solver import Budget, predict, solve
 
 
 def test_hutchinson_matches_exact_trace_of_a_quadratic():
@@ -97,7 +93,7 @@ def _planted_bundle() -> ModelBundle:
 
 
 def test_sensitivity_ranks_the_planted_layer_first():
-    from quantexp.analysis.sensitivity import run_sensitivity
+    from quantexp.quant.sensitivity import run_sensitivity
 
     bundle = _planted_bundle()
     analysis = bundle.train.subset(torch.arange(128))
@@ -125,8 +121,8 @@ def test_sensitivity_ranks_the_planted_layer_first():
 
 
 def _tiny_models():
-    from quantexp.models.cnn import SmallCNN
-    from quantexp.models.rnn import LSTMClassifier
+    from quantexp.models.cnn.family import SmallCNN
+    from quantexp.models.rnn.family import LSTMClassifier
 
     torch.manual_seed(0)
     cnn = SmallCNN([4, 32], 32).eval()  # fc1: 32*7*7 inputs, a multiple of the int4 group
@@ -171,7 +167,7 @@ def test_static_int8_layers_never_keep_a_saturating_kernel():
     on large same-sign weights and inputs at the top of their range (this host: no
     VNNI). build_mixed(reduce_range=False) checks each static layer against exact int8
     arithmetic and rebuilds a saturating one with 7-bit activations."""
-    from quantexp.methods.mixed_precision import saturating_layers
+    from quantexp.quant.mixed_layers import saturating_layers
 
     class Net(nn.Module):
         def __init__(self):
@@ -262,8 +258,8 @@ def test_pareto_front_and_hypervolume():
 
 
 def test_int4_linear_packs_two_weights_per_byte_and_matches_fake_quant():
-    from quantexp.analysis.sensitivity import fake_quantize_weight
-    from quantexp.methods.mixed_precision import Int4WeightLinear
+    from quantexp.quant.sensitivity import fake_quantize_weight
+    from quantexp.quant.mixed_layers import Int4WeightLinear
 
     torch.manual_seed(0)
     lin = nn.Linear(64, 8)
@@ -285,7 +281,7 @@ def test_int4_linear_packs_two_weights_per_byte_and_matches_fake_quant():
 def test_rank_agreement_matches_scipy():
     from scipy.stats import kendalltau, spearmanr
 
-    from quantexp.analysis.sensitivity import rank_agreement
+    from quantexp.quant.sensitivity import rank_agreement
 
     a, b = ["w", "x", "y", "z", "v"], ["x", "w", "z", "v", "y"]
     got = rank_agreement(a, b)
@@ -296,7 +292,8 @@ def test_rank_agreement_matches_scipy():
 
 
 def test_mixed_config_refuses_what_it_cannot_do():
-    from quantexp.config import BudgetConfig, DType, MixedPrecisionConfig, MixedStrategy
+    from quantexp.config import BudgetConfig, DType
+    from quantexp.methods.mixed.config import MixedPrecisionConfig, MixedStrategy
 
     with pytest.raises(ConfigError, match="method.strategy=auto needs a budget"):
         MixedPrecisionConfig(strategy=MixedStrategy.auto).validate()

@@ -10,9 +10,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from quantexp.config import CNNConfig, ConfigError, RNNConfig, TransformerConfig
+from quantexp.models.cnn.config import CNNConfig
+from quantexp.config import ConfigError
+from quantexp.models.rnn.config import RNNConfig
+from quantexp.models.transformer.config import TransformerConfig
 from quantexp.models import ModelBundle, cache, load_model
-from quantexp.models.cnn import SmallCNN
+from quantexp.models.cnn.family import SmallCNN
 from quantexp.models.datasets import (
     IMAGE,
     MNIST_MEAN,
@@ -22,7 +25,7 @@ from quantexp.models.datasets import (
     make_splits,
     split_positions,
 )
-from quantexp.models.transformer import ModelSourceError, sha256_file
+from quantexp.models.transformer.family import ModelSourceError, sha256_file
 from tests.conftest import write_tiny_bert
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,20 +13,20 @@ import onnx
 import pytest
 import torch
 
+from quantexp.models.cnn.config import CNNConfig
 from quantexp.config import (
-    CNNConfig,
     ConfigError,
     DType,
     ExperimentConfig,
-    Fp32Config,
     GraphOptimization,
     HardwareConfig,
-    OnnxExporterConfig,
     PrecisionConfig,
-    PTQDynamicConfig,
-    PTQStaticConfig,
     check_compatibility,
 )
+from quantexp.methods.fp32.config import Fp32Config
+from quantexp.exporters.onnx.config import OnnxExporterConfig
+from quantexp.methods.ptq_dynamic.config import PTQDynamicConfig
+from quantexp.methods.ptq_static.config import PTQStaticConfig
 from quantexp.exporters.base import ExportError
 
 # fp32 ONNX in ORT vs PyTorch: float sums reordered; measured max |diff| ~2e-7.
@@ -37,7 +37,7 @@ INT8 = PrecisionConfig(name="int8", weight_dtype=DType.int8, activation_dtype=DT
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from quantexp.hardware import probe_host
-    from quantexp.methods.calibration import draw_calibration
+    from quantexp.quant.calibration import draw_calibration
     from quantexp.models import load_model
 
     tmp = tmp_path_factory.mktemp("onnx")
@@ -157,7 +157,7 @@ def test_unsupported_op_fails_in_one_line_naming_exporter_and_op(setup, tmp_path
 
 def test_bitsandbytes_layers_are_refused(setup):
     bnb = pytest.importorskip("bitsandbytes")
-    from quantexp.exporters.onnx import refuse_unexportable
+    from quantexp.exporters.onnx.exporter import refuse_unexportable
 
     model = torch.nn.Sequential(torch.nn.Flatten(), bnb.nn.Linear8bitLt(784, 10, has_fp16_weights=False))
     with pytest.raises(ExportError, match=r"exporter=onnx cannot convert m: 1 \(Linear8bitLt\): "
@@ -208,7 +208,7 @@ def test_param_bits_count_quantization_parameters(tmp_path):
     an int64 shape constant and a scalar that is not a qparam are not."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from quantexp.exporters.onnx import onnx_param_bits
+    from quantexp.exporters.onnx.exporter import onnx_param_bits
 
     w = numpy_helper.from_array(np.ones((4, 3), dtype=np.int8), "w")
     scale = numpy_helper.from_array(np.ones(4, dtype=np.float32), "scale")

@@ -13,25 +13,27 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from quantexp.config import (
+from quantexp.methods.ort.config import (
     ORT_DYNAMIC_OP_TYPES,
     ORT_QDQ_OP_TYPES,
     ORT_QOPERATOR_OP_TYPES,
     CalibrateMethod,
-    CNNConfig,
+    IntType,
+    OrtDynamicConfig,
+    OrtQuantFormat,
+    OrtStaticConfig,
+)
+from quantexp.models.cnn.config import CNNConfig
+from quantexp.config import (
     ConfigError,
     DType,
     GraphOptimization,
     HardwareConfig,
-    IntType,
-    OnnxExporterConfig,
-    OrtDynamicConfig,
-    OrtQuantFormat,
-    OrtStaticConfig,
     PrecisionConfig,
     build,
     register_configs,
 )
+from quantexp.exporters.onnx.config import OnnxExporterConfig
 from quantexp.models.base import Split
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -111,7 +113,7 @@ def test_op_type_lists_match_the_installed_onnxruntime():
 def test_reduce_range_default_follows_the_cpu():
     from quantexp.hardware.cpu import CpuInfo
     from quantexp.hardware.probe import HostInfo
-    from quantexp.methods.ort_common import default_reduce_range
+    from quantexp.methods.ort.quantize import default_reduce_range
 
     def host(arch, isa):
         return HostInfo(target="cpu", device="cpu", threads=1, quantized_engine="x86", onednn=True,
@@ -125,7 +127,7 @@ def test_reduce_range_default_follows_the_cpu():
 
 
 def test_calibration_reader_yields_the_set_in_graph_names_and_dtypes():
-    from quantexp.methods.ort_common import SplitReader
+    from quantexp.methods.ort.quantize import SplitReader
 
     ids = torch.arange(70 * 5).reshape(70, 5)
     split = Split((ids, ids % 2), torch.zeros(70, dtype=torch.long), torch.arange(70))
@@ -148,7 +150,7 @@ def test_calibration_reader_yields_the_set_in_graph_names_and_dtypes():
 def setup(tmp_path_factory):
     from quantexp.exporters import get_exporter
     from quantexp.hardware import probe_host
-    from quantexp.methods.calibration import draw_calibration
+    from quantexp.quant.calibration import draw_calibration
     from quantexp.models import load_model
 
     tmp = tmp_path_factory.mktemp("ort")

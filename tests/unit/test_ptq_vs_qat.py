@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantexp.analysis.ptq_vs_qat import (
+from quantexp.report.ptq_vs_qat import (
     PAIRED_KEYS,
     comparison_rows,
     load_results,

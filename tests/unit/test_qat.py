@@ -12,20 +12,19 @@ import pytest
 import torch
 from torch import nn
 
+from quantexp.models.cnn.config import CNNConfig
 from quantexp.config import (
-    CNNConfig,
     ConfigError,
     ExperimentConfig,
     ExporterConfig,
     Granularity,
     HardwareConfig,
     PrecisionConfig,
-    QATConfig,
-    QATFinetuneConfig,
-    TransformerConfig,
 )
-from quantexp.methods.int_grid import clamp_quantized_weights, weight_value_bits
-from quantexp.methods.qat_common import (
+from quantexp.methods.qat.config import QATConfig, QATFinetuneConfig
+from quantexp.models.transformer.config import TransformerConfig
+from quantexp.quant.int_grid import clamp_quantized_weights, weight_value_bits
+from quantexp.methods.qat.fake_quant import (
     KernelClampFakeQuantize,
     QATDiverged,
     QuantNoiseFakeQuantize,
@@ -38,9 +37,9 @@ from quantexp.methods.qat_common import (
     quant_units,
     range_regulariser,
 )
-from quantexp.methods.qat_train import TrainSettings, split_validation, train_qat
+from quantexp.methods.qat.train import TrainSettings, split_validation, train_qat
 from quantexp.models.base import Split
-from quantexp.models.cnn import SmallCNN
+from quantexp.models.cnn.family import SmallCNN
 
 
 def fixed_fq(cls, quant_min, quant_max, scale, dtype=torch.qint8, **kw):
@@ -240,7 +239,7 @@ def test_bad_qat_configs_are_refused_up_front(build, message):
 def test_frozen_model_is_refused_before_training():
     from types import SimpleNamespace
 
-    from quantexp.methods.qat import QAT
+    from quantexp.methods.qat.method import QAT
 
     model = SmallCNN([4, 8], 16, 10).requires_grad_(False)
     bundle = SimpleNamespace(model=model, name="frozen")

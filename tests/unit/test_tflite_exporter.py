@@ -13,16 +13,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from quantexp.config import (
-    CNNConfig,
-    ConfigError,
-    Granularity,
-    HardwareConfig,
-    TFLiteExporterConfig,
-    TFLiteQuantization,
-    build,
-    register_configs,
-)
+from quantexp.models.cnn.config import CNNConfig
+from quantexp.config import ConfigError, Granularity, HardwareConfig, build, register_configs
+from quantexp.exporters.tflite.config import TFLiteExporterConfig, TFLiteQuantization
 
 pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (uv sync --extra tflite)")
 pytest.importorskip("litert_torch", reason="needs the tflite extra (uv sync --extra tflite)")
@@ -44,7 +37,7 @@ def exporter_cfg(quantization: str) -> TFLiteExporterConfig:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from quantexp.hardware import probe_host
-    from quantexp.methods.calibration import draw_calibration
+    from quantexp.quant.calibration import draw_calibration
     from quantexp.models import load_model
 
     tmp = tmp_path_factory.mktemp("tflite")

@@ -1,0 +1,198 @@
+"""The Python API: what ``run.py`` does, callable from Python.
+
+- ``run(model=..., method=..., **overrides) -> Results``: compose the Hydra config
+  (the same ``conf/`` tree, through Hydra's compose API), validate it (schema,
+  compatibility, hardware), run the pipeline under an MLflow run, write
+  results.json and print the summary - exactly what ``python run.py`` does.
+- ``quantize(module, method, ...) -> QuantizedModel``: a method applied to a
+  user's own ``nn.Module`` (wrapped by ``ModelBundle.from_module``).
+- ``validate`` / ``execute``: the two halves ``run`` and the Hydra job share.
+
+Heavy imports (torch, mlflow, the pipeline) happen inside the functions: importing
+this module costs what importing Hydra costs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from quantexp.config import ConfigError, ExperimentConfig, build, register_configs
+from quantexp.hardware.probe import require_available
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from quantexp.methods.base import QuantizedModel
+    from quantexp.models.base import Split
+    from quantexp.results import Results
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"
+
+
+def register() -> None:
+    """Everything a composed config needs before Hydra reads it: the schemas in the
+    ConfigStore and the resolvers of the precision search (idempotent)."""
+    from quantexp.search import register_resolvers
+
+    register_configs()
+    register_resolvers()
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The composed config of ``python run.py <overrides>`` (no Hydra job started)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+def validate(cfg: DictConfig) -> ExperimentConfig:
+    """Schema + compatibility + hardware availability: everything that can be
+    refused without loading a model."""
+    exp = build(cfg)
+    require_available(exp.hardware)
+    return exp
+
+
+def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_root: Path,
+            run_name: str) -> dict[str, Any]:
+    """Run the pipeline under an MLflow run (or none when tracking is disabled),
+    write config.yaml and results.json into ``output_dir``, print the summary."""
+    from quantexp import pipeline
+    from quantexp.provenance import git_commit, library_versions
+    from quantexp.report.summary import print_summary
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = Path(exp.cache_dir) if exp.cache_dir else project_root / ".cache" / "quantexp"
+    config_yaml = OmegaConf.to_yaml(cfg)
+    (output_dir / "config.yaml").write_text(config_yaml)
+    tags = {"quantexp.git_commit": git_commit(project_root), "quantexp.output_dir": str(output_dir),
+            **{f"version.{k}": v for k, v in library_versions().items()}}
+
+    with _tracking(exp, project_root, run_name, tags) as log:
+        if log is not None:
+            from quantexp.tracking.run_logger import flatten
+
+            log.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
+            log.log_text(config_yaml, "config.yaml")
+        results = pipeline.run(exp, output_dir, cache_dir, log)
+        results["config"] = OmegaConf.to_container(cfg, resolve=True)
+        results["provenance"] = tags
+        results["results_path"] = str(output_dir / "results.json")
+        if log is not None:
+            results["mlflow_run_id"] = log.run_id
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        if log is not None:
+            log.log_artifact(output_dir / "results.json")
+            if exp.tracking.log_model:
+                for cand in results["candidates"].values():
+                    log.log_artifact(Path(cand["artifact"]), "model")
+    print_summary(results)
+    if results.get("budget"):
+        b = results["budget"]
+        measured = ", ".join(f"{k.removeprefix('measured.')}={v:.4g}" for k, v in b.items()
+                             if k.startswith("measured."))
+        print(f"budget {b['budget']}: {'met' if b['met'] else 'NOT met'} (measured {measured})")
+    return results
+
+
+def run_name_of(exp: ExperimentConfig) -> str:
+    return f"{exp.model.name}/{exp.method.name}/{exp.precision.name}/{exp.hardware.name}"
+
+
+def run(model: str | None = None, method: str | None = None, *overrides: str,
+        output_dir: str | Path | None = None, **settings: Any) -> "Results":
+    """Run one experiment as ``python run.py`` would and return its typed results.
+
+    ``model`` and ``method`` pick config group options; ``overrides`` are Hydra
+    override strings (``"precision=w4a8"``, ``"+search=..."``); ``settings`` are
+    ``key=value`` overrides with dots spelled as double underscores
+    (``bench__batch_size=4`` is ``bench.batch_size=4``). A bad configuration
+    raises ``ConfigError`` before any model loads or any MLflow run opens."""
+    from quantexp.results import Results
+
+    args = [f"model={model}"] if model else []
+    args += [f"method={method}"] if method else []
+    args += list(overrides)
+    args += [f"{key.replace('__', '.')}={_override_value(value)}" for key, value in settings.items()]
+    cfg = compose(args)
+    exp = validate(cfg)
+    if output_dir is None:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+        output_dir = PROJECT_ROOT / "outputs" / f"{stamp}_{exp.model.name}_{exp.method.name}"
+    results = execute(exp, cfg, Path(output_dir), PROJECT_ROOT, run_name_of(exp))
+    return Results.from_dict(json.loads(json.dumps(results, default=str)))
+
+
+def quantize(module: "nn.Module", method: str, *, precision: str | None = None,
+             calibration: "Split | None" = None, example_inputs: tuple | None = None,
+             overrides: list[str] | tuple[str, ...] = (), hardware: str = "cpu") -> "QuantizedModel":
+    """Quantize a user's own ``module`` with ``method`` (any method of ``conf/method``),
+    at ``precision`` (default: the method's own). ``calibration`` is a ``Split`` of
+    inputs (labels are not used to quantize); methods that need one refuse to run
+    without it. ``overrides`` are Hydra overrides of the method group
+    (``"method.calibration.size=64"``). Artifact-stage methods (ort_*) work on an
+    exported file, not a module, and are refused here with the reason."""
+    from quantexp.hardware import probe_host
+    from quantexp.methods.base import get_method
+    from quantexp.models.base import ModelBundle
+
+    from quantexp.models.base import guess_family
+
+    # The model group only lends its family to the compatibility check here.
+    args = [f"method={method}", f"hardware={hardware}", f"model.family={guess_family(module)}", *overrides]
+    if precision:
+        args.append(f"precision={precision}")
+    cfg = compose(args)
+    exp = validate(cfg)
+    method_cls = get_method(exp.method.name)
+    if method_cls.stage != "model":
+        raise ConfigError(f"method={method} rewrites an exported artifact, not a module: use "
+                          "quantexp.run(...) with exporter=onnx for it")
+    if calibration is None and method_cls.needs_calibration:
+        raise ConfigError(f"method={method} needs calibration data: pass calibration=Split(...)")
+    bundle = ModelBundle.from_module(module, calibration=calibration, example_inputs=example_inputs)
+    impl = method_cls(exp.method, exp.precision, probe_host(exp.hardware))
+    impl.log = None
+    impl.check_model(bundle)
+    return impl.quantize(bundle, calibration)
+
+
+def _override_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    return str(value)
+
+
+class _NoTracking:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _tracking(exp: ExperimentConfig, project_root: Path, run_name: str, tags: dict[str, str]):
+    if not exp.tracking.enabled:
+        return _NoTracking()
+    from quantexp.tracking.callbacks import parent_run_id
+    from quantexp.tracking.run_logger import RunLogger
+    from quantexp.tracking.store import open_client
+
+    client, experiment_id = open_client(exp.tracking.uri, project_root, exp.tracking.experiment)
+    return RunLogger(client, experiment_id, run_name, parent_run_id=parent_run_id(), tags=tags)
+
+
+__all__ = ["compose", "execute", "quantize", "register", "run", "validate"]

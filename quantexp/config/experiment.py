@@ -1,0 +1,134 @@
+"""The top-level schema (``ExperimentConfig``) and the settings every run has beside
+the five groups: benchmark, evaluation, tracking, objectives and the precision search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from quantexp.config.enums import MIXED_DTYPES, DType
+from quantexp.config.errors import ConfigError, require_positive
+
+
+@dataclass
+class BudgetConfig:
+    """What the user accepts: null = no limit on that quantity."""
+
+    max_accuracy_drop: Optional[float] = None  # points (0-100) vs the fp32 model
+    max_size_mb: Optional[float] = None
+    max_latency_ms: Optional[float] = None
+
+    def validate(self, prefix: str) -> None:
+        for key in ("max_accuracy_drop", "max_size_mb", "max_latency_ms"):
+            value = getattr(self, key)
+            if value is not None and value < 0:
+                raise ConfigError(f"{prefix}.{key} must be >= 0 or null, got {value}")
+
+
+@dataclass
+class BenchConfig:
+    batch_size: int = 16
+    warmup: int = 5
+    min_iters: int = 30
+    min_seconds: float = 2.0
+    # Hard stop so a pathologically slow model cannot hang a sweep.
+    max_seconds: float = 60.0
+    # Coefficient of variation (%) above which a measurement is flagged noisy.
+    noisy_cv_pct: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        require_positive(self, "batch_size", "min_iters", prefix="bench")
+        if self.warmup < 0 or self.min_seconds < 0 or self.max_seconds <= 0:
+            raise ConfigError("bench.warmup and bench.min_seconds must be >= 0, bench.max_seconds > 0")
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 256
+    bootstrap: int = 2000
+    confidence: float = 0.95
+    # Quality gate: a run whose accuracy drops more than this (in points, 0-100)
+    # is marked as failing the gate; its numbers are still reported.
+    max_accuracy_drop: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        require_positive(self, "batch_size", "bootstrap", prefix="eval")
+        if not 0.5 <= self.confidence < 1.0:
+            raise ConfigError(f"eval.confidence must be in [0.5, 1), got {self.confidence}")
+
+
+@dataclass
+class TrackingConfig:
+    # null: $MLFLOW_TRACKING_URI if set, else sqlite:///<project>/mlflow.db
+    uri: Optional[str] = None
+    experiment: str = "quantexp"
+    enabled: bool = True
+    log_model: bool = True
+
+
+# Objective names run.py can return: accuracy (0-1), accuracy_drop (points vs fp32),
+# latency_ms (p50 of the deployed artifact), size_mb (artifact on disk).
+OBJECTIVES = ("accuracy", "accuracy_drop", "latency_ms", "size_mb")
+
+
+@dataclass
+class SearchConfig:
+    """Settings of a precision search (conf/search/*.yaml) read by the search space
+    and the end-of-sweep report (quantexp/search)."""
+
+    # Total trials the study should end with: a rerun of an interrupted search runs
+    # only the ones still missing (hydra.sweeper.n_trials resolves to the rest).
+    n_trials: int = 20
+    # The budget the Pareto front is checked against at the end of the sweep.
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    # Layer dtypes the search space may offer (each layer only gets those it supports).
+    choices: list[DType] = field(default_factory=lambda: list(MIXED_DTYPES))
+    # Optional sensitivity.csv (method=mixed method.sensitivity=true): with
+    # budget.max_accuracy_drop, (layer, dtype) pairs that alone exceed it are pruned.
+    sensitivity_table: Optional[str] = None
+
+
+@dataclass
+class ExperimentConfig:
+    """The top-level schema; the five groups are typed by their own schemas."""
+
+    model: Any = MISSING
+    method: Any = MISSING
+    precision: Any = MISSING
+    hardware: Any = MISSING
+    exporter: Any = MISSING
+    seed: int = 0
+    # Where fp32 models are cached; null: <project>/.cache/quantexp
+    cache_dir: Optional[str] = None
+    # Also measure the fp32 model in the same run, for deltas and speed-ups.
+    compare_fp32: bool = True
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # What run.py returns to a sweeper: one name -> a float, several -> a tuple
+    # (multi-objective Optuna). Names: see OBJECTIVES.
+    objectives: list[str] = field(default_factory=lambda: ["accuracy"])
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def validate(self) -> dict[str, dict[str, Any]]:
+        """Every rule, the cross-group ones included; returns what the compatibility
+        check resolved ({group: {field: value}}), which ``build`` applies."""
+        from quantexp.config.compat import check_compatibility
+
+        for part in (self.model, self.method, self.precision, self.hardware, self.exporter,
+                     self.bench, self.eval):
+            part.validate()
+        unknown = [o for o in self.objectives if o not in OBJECTIVES]
+        if unknown or not self.objectives:
+            raise ConfigError(f"unknown objective(s) {', '.join(unknown) or '(none given)'}; "
+                              f"valid objectives: {', '.join(OBJECTIVES)}")
+        self.search.budget.validate("search.budget")
+        return check_compatibility(self)

@@ -1,0 +1,1 @@
+"""exporter=none: the PyTorch module itself, saved as TorchScript and loaded back."""

@@ -1,0 +1,1 @@
+"""exporter=onnx: torch.onnx.export + an ONNX Runtime session, with a parity check."""

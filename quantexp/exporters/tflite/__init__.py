@@ -1,0 +1,1 @@
+"""exporter=tflite: litert-torch conversion, ai-edge-quantizer, the LiteRT interpreter."""

@@ -1,0 +1,1 @@
+"""method=fp32: the unquantized baseline (``config``: schema, ``method``: implementation)."""

