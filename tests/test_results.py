@@ -15,8 +15,8 @@ import pytest
 from quantexp.results import Candidate, Comparison, Latency, Results
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["model=cnn", "model.epochs=1", "model.n_train=400", "model.n_test=200", "bench.min_iters=3",
-         "bench.min_seconds=0", "bench.warmup=1", "eval.bootstrap=100", "tracking.enabled=false"]
+SMALL = ["model=cnn", "model.epochs=1", "model.n_train=400", "model.n_test=200", "+debug=tiny",
+         "tracking.enabled=false"]
 
 
 def _run(tmp: Path, name: str, *overrides: str) -> Path:

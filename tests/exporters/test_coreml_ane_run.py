@@ -14,8 +14,7 @@ import pytest
 from tests.run_py import run_py
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["model=cnn", "model.n_train=200", "model.epochs=1", "bench.min_iters=3",
-        "bench.min_seconds=0", "bench.warmup=1", "eval.bootstrap=200", "method.calibration.size=32"]
+TINY = ["model=cnn", "model.n_train=200", "model.epochs=1", "+debug=tiny", "method.calibration.size=32"]
 NOT_MEASURED = "not measured on this host: Core ML prediction needs macOS"
 
 

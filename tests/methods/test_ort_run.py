@@ -13,8 +13,7 @@ import pytest
 
 from tests.run_py import run_py
 
-TINY = ["model=cnn", "model.n_train=500", "model.epochs=2", "model.lr=0.003", "bench.min_iters=3",
-        "bench.min_seconds=0", "bench.warmup=1", "bench.batch_size=4", "eval.bootstrap=200",
+TINY = ["model=cnn", "model.n_train=500", "model.epochs=2", "model.lr=0.003", "+debug=tiny",
         "method.calibration.size=64"]
 # int8 ONNX vs fp32 ONNX accuracy on the 1,000 test items: at most 1.5 points apart
 # (measured: 0.1-0.3 points).

@@ -15,8 +15,7 @@ from tests.run_py import run_py
 pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (uv sync --extra tflite)")
 pytest.importorskip("litert_torch", reason="needs the tflite extra (uv sync --extra tflite)")
 
-TINY = ["bench.min_iters=3", "bench.min_seconds=0", "bench.warmup=1", "bench.batch_size=4",
-        "eval.bootstrap=200", "method.calibration.size=128"]
+TINY = ["+debug=tiny", "method.calibration.size=128"]
 # Full-integer int8 vs fp32 TFLite accuracy on the 1,000 test items (measured: <= 0.3 points).
 ACCURACY_TOLERANCE = 0.015
 

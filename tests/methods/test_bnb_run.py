@@ -25,8 +25,7 @@ pytest.importorskip("bitsandbytes")
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ["model=cnn", "model.n_train=1000", "model.epochs=1", "model.lr=0.003"]
-TINY = ["bench.min_iters=3", "bench.min_seconds=0", "bench.warmup=1", "bench.batch_size=4",
-        "eval.bootstrap=200", "method.calibration.size=64"]
+TINY = ["+debug=tiny", "method.calibration.size=64"]
 TOLERANCE = {"bnb_int8": (0.015, 0.98), "bnb_nf4": (0.05, 0.92)}  # (|delta acc|, min agreement)
 
 # Hand-computed stored parameter bits of the default CNN (conv 1->16->32, fc 1568->64->10):

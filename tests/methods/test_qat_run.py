@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.e2e.test_run_py import ROOT, TINY, run_py, store
+from tests.cli.test_run_py import ROOT, TINY, run_py, store
 
 QAT_TINY = ["model=cnn", "model.n_train=300", "model.epochs=1", "method.epochs=1", "method.log_every=1",
             *TINY]

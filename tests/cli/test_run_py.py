@@ -13,8 +13,7 @@ import pytest
 from tests.run_py import run_py
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["bench.min_iters=3", "bench.min_seconds=0", "bench.warmup=1", "bench.batch_size=4",
-        "eval.bootstrap=200", "method.calibration.size=32"]
+TINY = ["+debug=tiny", "method.calibration.size=32"]
 METHODS = "method=fp32,ptq_static,ptq_dynamic"
 
 

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["model=cnn", "model.n_train=300", "model.epochs=1", "bench.min_iters=3", "bench.min_seconds=0",
-        "bench.warmup=1", "bench.batch_size=4", "eval.bootstrap=100", "method.calibration.size=32",
+TINY = ["model=cnn", "model.n_train=300", "model.epochs=1", "+debug=tiny", "eval.bootstrap=100",
+        "method.calibration.size=32",
         "method.hessian_samples=0", "tracking.log_model=false"]
 
 
