@@ -9,7 +9,7 @@ ARGS ?=
 # some shells export PYTHONDONTWRITEBYTECODE, which would disable them.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: help setup run test test-full bench ui clean
+.PHONY: help setup run test lint test-full bench ui clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,11 +24,15 @@ $(VENV)/.synced: pyproject.toml uv.lock
 run: setup  ## run the default experiment (extra Hydra overrides: make run ARGS="model=lstm")
 	$(PY) run.py $(ARGS)
 
-test: setup  ## the fast test suite (what CI runs)
-	$(PY) -m pytest -q
+test: setup lint  ## lint + layer contracts + the fast test suite (what CI runs)
+	$(PY) -m pytest -q --durations=20
 
-test-full: setup  ## every test, including the slow end-to-end ones
-	$(PY) -m pytest -q -m "slow or not slow"
+lint: setup  ## ruff and the import-linter layer contracts (pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test-full: setup lint  ## every test, including the slow end-to-end ones
+	$(PY) -m pytest -q --durations=20 -m "slow or not slow"
 
 bench: setup  ## benchmark scripts (figures printed, never asserted)
 	$(PY) benchmarks/startup.py

@@ -25,6 +25,7 @@ from quantexp.config import ConfigError, ExperimentConfig, build, register_confi
 from quantexp.hardware.probe import require_available
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from quantexp.methods.base import QuantizedModel
@@ -133,19 +134,18 @@ def run(model: str | None = None, method: str | None = None, *overrides: str,
 
 
 def quantize(module: "nn.Module", method: str, *, precision: str | None = None,
-             calibration: "Split | None" = None, example_inputs: tuple | None = None,
+             calibration: "Split | torch.Tensor | tuple[torch.Tensor, ...] | None" = None,
+             example_inputs: tuple | None = None,
              overrides: list[str] | tuple[str, ...] = (), hardware: str = "cpu") -> "QuantizedModel":
     """Quantize a user's own ``module`` with ``method`` (any method of ``conf/method``),
-    at ``precision`` (default: the method's own). ``calibration`` is a ``Split`` of
-    inputs (labels are not used to quantize); methods that need one refuse to run
-    without it. ``overrides`` are Hydra overrides of the method group
+    at ``precision`` (default: the method's own). ``calibration``: representative
+    inputs - a tensor, a tuple of tensors (one per model input) or a ``Split``; labels
+    are never used to quantize. Methods that calibrate refuse to run without it. ``overrides`` are Hydra overrides of the method group
     (``"method.calibration.size=64"``). Artifact-stage methods (ort_*) work on an
     exported file, not a module, and are refused here with the reason."""
     from quantexp.hardware import probe_host
     from quantexp.methods.base import get_method
-    from quantexp.models.base import ModelBundle
-
-    from quantexp.models.base import guess_family
+    from quantexp.models.base import ModelBundle, guess_family
 
     # The model group only lends its family to the compatibility check here.
     args = [f"method={method}", f"hardware={hardware}", f"model.family={guess_family(module)}", *overrides]
@@ -157,13 +157,27 @@ def quantize(module: "nn.Module", method: str, *, precision: str | None = None,
     if method_cls.stage != "model":
         raise ConfigError(f"method={method} rewrites an exported artifact, not a module: use "
                           "quantexp.run(...) with exporter=onnx for it")
+    calibration = as_split(calibration)
     if calibration is None and method_cls.needs_calibration:
-        raise ConfigError(f"method={method} needs calibration data: pass calibration=Split(...)")
+        raise ConfigError(f"method={method} needs calibration data: pass calibration=<inputs tensor>")
     bundle = ModelBundle.from_module(module, calibration=calibration, example_inputs=example_inputs)
     impl = method_cls(exp.method, exp.precision, probe_host(exp.hardware))
     impl.log = None
     impl.check_model(bundle)
     return impl.quantize(bundle, calibration)
+
+
+def as_split(data: "Split | torch.Tensor | tuple[torch.Tensor, ...] | None") -> "Split | None":
+    """Calibration inputs as a ``Split`` (dummy labels: quantization never reads them)."""
+    import torch
+
+    from quantexp.models.base import Split
+
+    if data is None or isinstance(data, Split):
+        return data
+    inputs = (data,) if isinstance(data, torch.Tensor) else tuple(data)
+    n = int(inputs[0].shape[0])
+    return Split(inputs, torch.zeros(n, dtype=torch.long), torch.arange(n))
 
 
 def _override_value(value: Any) -> str:

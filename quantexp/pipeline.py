@@ -27,9 +27,9 @@ from quantexp.config import ExperimentConfig
 from quantexp.exporters import Exported, get_exporter
 from quantexp.hardware import HostInfo, probe_host
 from quantexp.methods import get_method
-from quantexp.quant.calibration import draw_calibration, summarize
 from quantexp.models import load_model
 from quantexp.models.base import ModelBundle
+from quantexp.quant.calibration import draw_calibration, summarize
 from quantexp.runtimes import TorchRuntime, predict
 
 

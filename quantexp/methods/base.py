@@ -9,8 +9,8 @@ only calls ``get_method(name)``: adding a method never touches it.
 from __future__ import annotations
 
 from abc import ABC
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import nn

@@ -71,7 +71,7 @@ class ModelBundle:
         items from it); ``test`` defaults to ``calibration`` or, with neither, to
         ``example_inputs`` with dummy labels (enough to trace and size the model,
         not to measure accuracy). ``family`` defaults to ``guess_family(module)``."""
-        data = test or calibration
+        data = test if test is not None else calibration
         if data is None:
             if example_inputs is None:
                 raise ValueError("ModelBundle.from_module needs calibration, test or example_inputs")
@@ -81,7 +81,7 @@ class ModelBundle:
         with torch.no_grad():
             num_classes = int(module(*(x[:1] for x in data.inputs)).shape[-1])
         return cls(model=module, name=name, family=family or guess_family(module),
-                   train=calibration or data, test=data, num_classes=num_classes,
+                   train=calibration if calibration is not None else data, test=data, num_classes=num_classes,
                    input_names=input_names or [f"input_{i}" for i in range(len(data.inputs))],
                    load_time_s=0.0)
 

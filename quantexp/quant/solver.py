@@ -87,12 +87,12 @@ class SolveResult:
 
 
 def predict(table: Table, base: Mapping[str, float], assignment: Mapping[str, str]) -> dict[str, float]:
-    drop = sum(table[l][d]["drop"] for l, d in assignment.items())
-    size = base.get("other_bytes", 0.0) + sum(table[l][d]["size_bytes"] for l, d in assignment.items())
+    drop = sum(table[layer][d]["drop"] for layer, d in assignment.items())
+    size = base.get("other_bytes", 0.0) + sum(table[layer][d]["size_bytes"] for layer, d in assignment.items())
     out = {"accuracy_drop": drop, "size_mb": size / 1e6}
     if "latency_ms" in base:
-        out["latency_ms"] = base["latency_ms"] + sum(table[l][d].get("latency_delta_ms", 0.0)
-                                                     for l, d in assignment.items())
+        out["latency_ms"] = base["latency_ms"] + sum(table[layer][d].get("latency_delta_ms", 0.0)
+                                                     for layer, d in assignment.items())
     return out
 
 
@@ -106,7 +106,7 @@ def solve(table: Table, base: Mapping[str, float], budget: Budget, objective: st
         raise ValueError("objective=latency needs latency measurements in the table")
     key = "size_mb" if objective == "size" else "latency_ms"
     layers = list(table)
-    options = [sorted(table[l]) for l in layers]
+    options = [sorted(table[layer]) for layer in layers]
     n = math.prod(len(o) for o in options)
     if n <= exact_limit:
         best = closest = None
@@ -127,7 +127,7 @@ def solve(table: Table, base: Mapping[str, float], budget: Budget, objective: st
 
 
 def _greedy(table: Table, base: Mapping[str, float], budget: Budget, key: str) -> SolveResult:
-    a = {l: "fp32" if "fp32" in table[l] else min(table[l]) for l in table}
+    a = {layer: "fp32" if "fp32" in table[layer] else min(table[layer]) for layer in table}
     p = predict(table, base, a)
     evaluated = 1
     max_drop = budget.max_accuracy_drop if budget.max_accuracy_drop is not None else math.inf

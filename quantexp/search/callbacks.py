@@ -74,6 +74,7 @@ class SearchCallback(Callback):
 
     def _report(self, config: DictConfig) -> None:
         import optuna
+
         from quantexp.analysis.pareto import pareto_front
         from quantexp.quant.solver import Budget
 

@@ -6,12 +6,21 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from omegaconf import OmegaConf
-
-from quantexp.config import (ConfigError, ExperimentConfig, ExporterConfig, HardwareConfig, MethodConfig,
-                             ModelConfig, PrecisionConfig, build, register_configs, schemas)
+from quantexp.config import (
+    ConfigError,
+    ExperimentConfig,
+    ExporterConfig,
+    HardwareConfig,
+    MethodConfig,
+    ModelConfig,
+    PrecisionConfig,
+    build,
+    register_configs,
+    schemas,
+)
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 GROUPS = ("model", "method", "precision", "hardware", "exporter")

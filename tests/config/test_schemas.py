@@ -2,7 +2,6 @@
 
 import pytest
 
-from quantexp.models.cnn.config import CNNConfig
 from quantexp.config import (
     ConfigError,
     ExperimentConfig,
@@ -14,6 +13,7 @@ from quantexp.config import (
 from quantexp.methods.fp32.config import Fp32Config
 from quantexp.methods.ptq_dynamic.config import PTQDynamicConfig
 from quantexp.methods.ptq_static.config import PTQStaticConfig
+from quantexp.models.cnn.config import CNNConfig
 from quantexp.models.rnn.config import RNNConfig
 
 

@@ -16,19 +16,19 @@ import pytest
 import torch
 from torch import nn
 
-from quantexp.exporters.coreml.ane_report import ane_report
-from quantexp.exporters.coreml.mlprogram import inspect_package, read_blob
 from quantexp.config import CalibrationConfig, DType, HardwareConfig, PrecisionConfig
+from quantexp.exporters.base import ExportError
+from quantexp.exporters.coreml.ane_report import ane_report
 from quantexp.exporters.coreml.config import (
     ComputePrecision,
     CoreMLExporterConfig,
     DeploymentTarget,
     WeightCompression,
 )
-from quantexp.methods.ptq_static.config import PTQStaticConfig
-from quantexp.exporters.base import ExportError
 from quantexp.exporters.coreml.exporter import CoreMLExporter, CoreMLValidationError, validate_package
+from quantexp.exporters.coreml.mlprogram import inspect_package, read_blob
 from quantexp.hardware.probe import probe_host
+from quantexp.methods.ptq_static.config import PTQStaticConfig
 from quantexp.models.base import ModelBundle, Split
 from quantexp.models.cnn.family import SmallCNN
 

@@ -13,7 +13,6 @@ import onnx
 import pytest
 import torch
 
-from quantexp.models.cnn.config import CNNConfig
 from quantexp.config import (
     ConfigError,
     DType,
@@ -23,11 +22,12 @@ from quantexp.config import (
     PrecisionConfig,
     check_compatibility,
 )
-from quantexp.methods.fp32.config import Fp32Config
+from quantexp.exporters.base import ExportError
 from quantexp.exporters.onnx.config import OnnxExporterConfig
+from quantexp.methods.fp32.config import Fp32Config
 from quantexp.methods.ptq_dynamic.config import PTQDynamicConfig
 from quantexp.methods.ptq_static.config import PTQStaticConfig
-from quantexp.exporters.base import ExportError
+from quantexp.models.cnn.config import CNNConfig
 
 # fp32 ONNX in ORT vs PyTorch: float sums reordered; measured max |diff| ~2e-7.
 FP32_ATOL = 1e-4
@@ -37,8 +37,8 @@ INT8 = PrecisionConfig(name="int8", weight_dtype=DType.int8, activation_dtype=DT
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from quantexp.hardware import probe_host
-    from quantexp.quant.calibration import draw_calibration
     from quantexp.models import load_model
+    from quantexp.quant.calibration import draw_calibration
 
     tmp = tmp_path_factory.mktemp("onnx")
     # Shared with test_ort_methods.py within a session (same cache key): trained once.

@@ -13,9 +13,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from quantexp.models.cnn.config import CNNConfig
 from quantexp.config import ConfigError, Granularity, HardwareConfig, build, register_configs
 from quantexp.exporters.tflite.config import TFLiteExporterConfig, TFLiteQuantization
+from quantexp.models.cnn.config import CNNConfig
 
 pytest.importorskip("ai_edge_litert", reason="needs the tflite extra (uv sync --extra tflite)")
 pytest.importorskip("litert_torch", reason="needs the tflite extra (uv sync --extra tflite)")
@@ -37,8 +37,8 @@ def exporter_cfg(quantization: str) -> TFLiteExporterConfig:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from quantexp.hardware import probe_host
-    from quantexp.quant.calibration import draw_calibration
     from quantexp.models import load_model
+    from quantexp.quant.calibration import draw_calibration
 
     tmp = tmp_path_factory.mktemp("tflite")
     # 500 items x 2 epochs: ~0.74 test accuracy, so agreement/accuracy tests mean something.

@@ -7,8 +7,7 @@ import pytest
 
 from quantexp.config import HardwareConfig
 from quantexp.hardware.cpu import CpuInfo, parse_cpuinfo
-from quantexp.hardware.probe import (HardwareUnavailable, probe_host, require_available,
-                                     select_quantized_engine)
+from quantexp.hardware.probe import HardwareUnavailable, probe_host, require_available, select_quantized_engine
 
 SAPPHIRE_RAPIDS = """processor\t: 0
 model name\t: Intel(R) Xeon(R) Platinum 8480+

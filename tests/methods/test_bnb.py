@@ -21,18 +21,19 @@ import pytest
 import torch
 from torch import nn
 
-from quantexp.methods.bnb.config import BnbInt8Config, BnbNF4Config
 from quantexp.config import ConfigError, HardwareConfig, PrecisionConfig
 from quantexp.hardware import probe_host
+from quantexp.methods.bnb.config import BnbInt8Config, BnbNF4Config
 from quantexp.models.base import ModelBundle, Split
 
 bnb = pytest.importorskip("bitsandbytes")
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
-from quantexp.bench.size import storage_bits
-from quantexp.methods.bnb.linears import linear_targets, weight_storage
-from quantexp.methods.bnb.int8 import BnbInt8, outlier_columns, outlier_fractions, to_int8_linear
-from quantexp.methods.bnb.nf4 import BnbNF4, qlora_bits_per_param, to_4bit_linear
+# After the importorskip: these import bitsandbytes.
+from quantexp.bench.size import storage_bits  # noqa: E402
+from quantexp.methods.bnb.int8 import BnbInt8, outlier_columns, outlier_fractions, to_int8_linear  # noqa: E402
+from quantexp.methods.bnb.linears import linear_targets, weight_storage  # noqa: E402
+from quantexp.methods.bnb.nf4 import BnbNF4, qlora_bits_per_param, to_4bit_linear  # noqa: E402
 
 
 # --------------------------------------------------------------- fixtures
@@ -324,8 +325,8 @@ def test_compute_dtype_outside_the_enum_is_refused_at_compose_time():
 def test_composed_defaults(overrides, precision):
     from hydra import compose, initialize_config_dir
 
-    from quantexp.methods.bnb.config import BnbInt8Config, BnbNF4Config
     from quantexp.config import build, register_configs
+    from quantexp.methods.bnb.config import BnbInt8Config, BnbNF4Config
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONF), version_base=None):

@@ -95,8 +95,8 @@ def test_results_accuracy_bits_and_layer_table(sweep, method):
 def test_artifact_loads_back_and_reproduces_the_measured_accuracy(sweep, method):
     import torch
 
-    from quantexp.models.cnn.config import CNNConfig
     from quantexp.models import load_model
+    from quantexp.models.cnn.config import CNNConfig
 
     tmp, results = sweep
     data, _ = results[method]

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from quantexp.quant.hessian import hutchinson_trace
 from quantexp.analysis.pareto import best_under, hypervolume, pareto_front
 from quantexp.config import ConfigError
-from quantexp.quant.mixed_layers import assignable_layers, build_mixed, layer_dtypes
 from quantexp.models.base import ModelBundle, Split
+from quantexp.quant.hessian import hutchinson_trace
+from quantexp.quant.mixed_layers import assignable_layers, build_mixed, layer_dtypes
 from quantexp.quant.solver import Budget, predict, solve
 
 
@@ -258,8 +258,8 @@ def test_pareto_front_and_hypervolume():
 
 
 def test_int4_linear_packs_two_weights_per_byte_and_matches_fake_quant():
-    from quantexp.quant.sensitivity import fake_quantize_weight
     from quantexp.quant.mixed_layers import Int4WeightLinear
+    from quantexp.quant.sensitivity import fake_quantize_weight
 
     torch.manual_seed(0)
     lin = nn.Linear(64, 8)

@@ -13,17 +13,6 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from quantexp.methods.ort.config import (
-    ORT_DYNAMIC_OP_TYPES,
-    ORT_QDQ_OP_TYPES,
-    ORT_QOPERATOR_OP_TYPES,
-    CalibrateMethod,
-    IntType,
-    OrtDynamicConfig,
-    OrtQuantFormat,
-    OrtStaticConfig,
-)
-from quantexp.models.cnn.config import CNNConfig
 from quantexp.config import (
     ConfigError,
     DType,
@@ -34,7 +23,18 @@ from quantexp.config import (
     register_configs,
 )
 from quantexp.exporters.onnx.config import OnnxExporterConfig
+from quantexp.methods.ort.config import (
+    ORT_DYNAMIC_OP_TYPES,
+    ORT_QDQ_OP_TYPES,
+    ORT_QOPERATOR_OP_TYPES,
+    CalibrateMethod,
+    IntType,
+    OrtDynamicConfig,
+    OrtQuantFormat,
+    OrtStaticConfig,
+)
 from quantexp.models.base import Split
+from quantexp.models.cnn.config import CNNConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 INT8 = PrecisionConfig(name="int8", weight_dtype=DType.int8, activation_dtype=DType.int8)
@@ -150,8 +150,8 @@ def test_calibration_reader_yields_the_set_in_graph_names_and_dtypes():
 def setup(tmp_path_factory):
     from quantexp.exporters import get_exporter
     from quantexp.hardware import probe_host
-    from quantexp.quant.calibration import draw_calibration
     from quantexp.models import load_model
+    from quantexp.quant.calibration import draw_calibration
 
     tmp = tmp_path_factory.mktemp("ort")
     cache = tmp_path_factory.getbasetemp() / "ort_cnn_cache"  # shared with test_onnx_exporter.py

@@ -12,7 +12,6 @@ import pytest
 import torch
 from torch import nn
 
-from quantexp.models.cnn.config import CNNConfig
 from quantexp.config import (
     ConfigError,
     ExperimentConfig,
@@ -22,8 +21,6 @@ from quantexp.config import (
     PrecisionConfig,
 )
 from quantexp.methods.qat.config import QATConfig, QATFinetuneConfig
-from quantexp.models.transformer.config import TransformerConfig
-from quantexp.quant.int_grid import clamp_quantized_weights, weight_value_bits
 from quantexp.methods.qat.fake_quant import (
     KernelClampFakeQuantize,
     QATDiverged,
@@ -39,7 +36,10 @@ from quantexp.methods.qat.fake_quant import (
 )
 from quantexp.methods.qat.train import TrainSettings, split_validation, train_qat
 from quantexp.models.base import Split
+from quantexp.models.cnn.config import CNNConfig
 from quantexp.models.cnn.family import SmallCNN
+from quantexp.models.transformer.config import TransformerConfig
+from quantexp.quant.int_grid import clamp_quantized_weights, weight_value_bits
 
 
 def fixed_fq(cls, quant_min, quant_max, scale, dtype=torch.qint8, **kw):

@@ -14,16 +14,16 @@ import pytest
 import torch
 
 from quantexp.config import CalibrationConfig, HardwareConfig, Observer, PrecisionConfig
-from quantexp.models.cnn.config import CNNConfig
-from quantexp.methods.ptq_static.config import PTQStaticConfig
-from quantexp.methods.qat.config import QATConfig, QATFinetuneConfig, QATInit
 from quantexp.hardware import probe_host
-from quantexp.quant.calibration import draw_calibration
+from quantexp.methods.ptq_static.config import PTQStaticConfig
 from quantexp.methods.ptq_static.method import PTQStatic
-from quantexp.methods.qat.method import QAT
+from quantexp.methods.qat.config import QATConfig, QATFinetuneConfig, QATInit
 from quantexp.methods.qat.finetune import QATFinetune
+from quantexp.methods.qat.method import QAT
 from quantexp.models import load_model
+from quantexp.models.cnn.config import CNNConfig
 from quantexp.models.training import accuracy
+from quantexp.quant.calibration import draw_calibration
 
 # In the default suite (the acceptance test): about 10 s on a quiet 2-core
 # host, up to 4 minutes on a busy one (fp32 training + PTQ + two QAT runs).

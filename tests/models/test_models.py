@@ -10,11 +10,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from quantexp.models.cnn.config import CNNConfig
 from quantexp.config import ConfigError
-from quantexp.models.rnn.config import RNNConfig
-from quantexp.models.transformer.config import TransformerConfig
 from quantexp.models import ModelBundle, cache, load_model
+from quantexp.models.cnn.config import CNNConfig
 from quantexp.models.cnn.family import SmallCNN
 from quantexp.models.datasets import (
     IMAGE,
@@ -25,6 +23,8 @@ from quantexp.models.datasets import (
     make_splits,
     split_positions,
 )
+from quantexp.models.rnn.config import RNNConfig
+from quantexp.models.transformer.config import TransformerConfig
 from quantexp.models.transformer.family import ModelSourceError, sha256_file
 from tests.conftest import write_tiny_bert
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from quantexp.quant.layer_error import layer_error, layer_error_info, quantized_layer_names, sqnr_db
 from quantexp.models.base import Split
+from quantexp.quant.layer_error import layer_error, layer_error_info, quantized_layer_names, sqnr_db
 
 
 class Planted(nn.Module):

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from quantexp.models.base import Split
+from quantexp.pipeline import save_predictions
 from quantexp.report.ptq_vs_qat import (
     PAIRED_KEYS,
     comparison_rows,
@@ -17,8 +19,6 @@ from quantexp.report.ptq_vs_qat import (
     wilson_interval,
     write_comparison,
 )
-from quantexp.models.base import Split
-from quantexp.pipeline import save_predictions
 
 
 def result(method, precision, acc, model="cnn", p50=1.0, size=1000):

@@ -43,9 +43,8 @@ def _states(tmp: Path) -> list[str]:
 
 # In the default suite: ~50 s on 2 quiet cores (2.5 min busy): two run.py starts, four trials
 def test_search_interrupted_and_resumed(tmp_path):
-    from mlflow.tracking import MlflowClient
-
     import optuna
+    from mlflow.tracking import MlflowClient
 
     cmd = _cmd(tmp_path, "sweep1", "search.n_trials=3")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE,

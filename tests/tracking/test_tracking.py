@@ -136,8 +136,8 @@ def test_flatten_dotted_keys_lists_as_json():
 
 
 def test_flatten_experiment_dataclass():
-    from quantexp.models.cnn.config import CNNConfig
     from quantexp.config import TrackingConfig
+    from quantexp.models.cnn.config import CNNConfig
 
     flat = flatten({"model": CNNConfig(name="cnn", dataset="mnist"), "tracking": TrackingConfig()})
     assert flat["model.family"] == "cnn"  # the enum's value, not "Family.cnn"

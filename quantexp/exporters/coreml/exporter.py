@@ -45,13 +45,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from quantexp.exporters.base import Exported, Exporter, ExportError
 from quantexp.exporters.coreml.config import (
     COREML_HARDWARE_UNITS,
     ComputePrecision,
     ConvertFrom,
     WeightCompression,
 )
-from quantexp.exporters.base import Exported, Exporter, ExportError
 
 NOT_MEASURED = "Core ML prediction needs macOS"
 OUTPUT_NAME = "logits"

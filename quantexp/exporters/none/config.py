@@ -8,7 +8,6 @@ from typing import ClassVar
 from quantexp.config import ExporterConfig
 
 
-
 @dataclass
 class NoneExporterConfig(ExporterConfig):
     name: str = "none"

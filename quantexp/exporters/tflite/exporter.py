@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from quantexp.config import ConfigError, Granularity
-from quantexp.exporters.tflite.config import TFLiteQuantization
 from quantexp.exporters.base import Exported, Exporter, ExportError
+from quantexp.exporters.tflite.config import TFLiteQuantization
 from quantexp.exporters.tflite.runtime import LiteRTRuntime
 
 # Unsupported op in litert-torch's lowering (torch 2.13 / litert-torch 0.10 wording).

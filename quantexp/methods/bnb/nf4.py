@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from quantexp.methods.bnb.config import ComputeDType
 from quantexp.methods.base import QuantizationMethod, QuantizedModel
+from quantexp.methods.bnb.config import ComputeDType
 from quantexp.methods.bnb.linears import (
     check_has_linear,
     frozen_bias,

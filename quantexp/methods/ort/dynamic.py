@@ -11,7 +11,6 @@ quantized per batch for no storage gain.
 
 from __future__ import annotations
 
-
 from quantexp.methods.ort.quantize import OrtMethod
 
 

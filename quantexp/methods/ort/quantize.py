@@ -30,18 +30,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from quantexp.quant.layer_error import summarize
 from quantexp.config import ConfigError
-from quantexp.quant.onnx_graph import describe_graph, iter_nodes, quantized_op, silenced_stdio
 from quantexp.methods.base import QuantizationMethod
+from quantexp.quant.layer_error import summarize
+from quantexp.quant.onnx_graph import describe_graph, iter_nodes, quantized_op, silenced_stdio
 
 if TYPE_CHECKING:
     import onnx
 
-    from quantexp.methods.ort.config import OrtQuantConfig
-    from quantexp.runtimes.base import Exported
     from quantexp.hardware import HostInfo
+    from quantexp.methods.ort.config import OrtQuantConfig
     from quantexp.models.base import ModelBundle, Split
+    from quantexp.runtimes.base import Exported
 
 # Per method kind and model family: the op types quantized when method.op_types is
 # null (None: every op type ONNX Runtime's quantizer handles).

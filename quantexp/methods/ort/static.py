@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from quantexp.methods.ort.quantize import (
     DEFAULT_FLOAT_OUTPUTS,
     OneBatch,

@@ -14,8 +14,8 @@ import copy
 import torch
 from torch import nn
 
-from quantexp.quant.layer_error import layer_error_info
 from quantexp.methods.base import QuantizationMethod, QuantizedModel, count_modules
+from quantexp.quant.layer_error import layer_error_info
 
 DYNAMIC_TYPES = (nn.Linear, nn.LSTM, nn.GRU)
 

@@ -21,10 +21,11 @@ import warnings
 import torch
 from torch import nn
 
-from quantexp.quant.layer_error import layer_error_info
 from quantexp.methods.base import QuantizationMethod, QuantizedModel, count_modules
 from quantexp.quant.int_grid import clamp_quantized_weights, weight_value_bits
+from quantexp.quant.layer_error import layer_error_info
 from quantexp.quant.qconfig import KEPT_FLOAT, QUANTIZABLE, build_qconfig, count_quantized
+
 
 class PTQStatic(QuantizationMethod):
     needs_calibration = True

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import copy
 
-
-from quantexp.methods.qat.method import QATBase
 from quantexp.methods.qat.fake_quant import QuantSchedule
+from quantexp.methods.qat.method import QATBase
 from quantexp.methods.qat.train import TrainSettings
 
 

@@ -24,8 +24,6 @@ from quantexp.methods.base import (
     QuantizedModel,
     count_modules,
 )
-from quantexp.quant.int_grid import weight_value_bits
-from quantexp.quant.qconfig import KEPT_FLOAT, count_quantized
 from quantexp.methods.qat.fake_quant import (
     QuantSchedule,
     build_qat_qconfig,
@@ -38,6 +36,8 @@ from quantexp.methods.qat.fake_quant import (
     weight_stats,
 )
 from quantexp.methods.qat.train import TrainSettings, split_validation, train_qat
+from quantexp.quant.int_grid import weight_value_bits
+from quantexp.quant.qconfig import KEPT_FLOAT, count_quantized
 
 
 def reinitialise(model: nn.Module, seed: int) -> nn.Module:

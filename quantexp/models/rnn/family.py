@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantexp.models.rnn.config import RNNConfig
 from quantexp.models.datasets import ROWS
+from quantexp.models.rnn.config import RNNConfig
 from quantexp.models.training import SupervisedFamily
 
 

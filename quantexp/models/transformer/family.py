@@ -19,10 +19,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from quantexp.config import ConfigError
-from quantexp.models.transformer.config import TransformerConfig
 from quantexp.models.base import Split
 from quantexp.models.datasets import TEXT, RawDataset, check_kind, make_splits
 from quantexp.models.training import fit
+from quantexp.models.transformer.config import TransformerConfig
 
 PACKAGE_PREFIX = "package:"
 WEIGHTS_FILE = "model.safetensors"
