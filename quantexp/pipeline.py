@@ -168,7 +168,7 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None) -> d
     }
     results["objective"] = objective_values(results, exp.method.name, exp.objectives)
     # Per-item test predictions of every candidate, so that two runs (e.g. PTQ vs QAT) can
-    # be compared paired over the same items (quantexp/analysis/ptq_vs_qat.py).
+    # be compared paired over the same items (quantexp/report/ptq_vs_qat.py).
     results["predictions_path"] = str(save_predictions(output_dir / PREDICTIONS, bundle.test, preds))
     for name, rows in tables.items():
         write_table(rows, output_dir / "tables" / f"{name}.csv")

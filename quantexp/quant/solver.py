@@ -1,6 +1,6 @@
 """Constraint-driven precision assignment from a per-(layer, dtype) table.
 
-The table (from ``analysis.sensitivity``) gives, per layer and dtype, the
+The table (from ``quant.sensitivity``) gives, per layer and dtype, the
 accuracy drop (points) measured with only that layer changed, the layer's
 stored size, and optionally its latency delta. A whole assignment is predicted
 additively (drops add up, sizes add up, latency deltas add up) - an assumption,

@@ -14,7 +14,7 @@ What gets converted:
   with ``coremltools.optimize.coreml`` (int8 per-channel linear, 4-bit k-means
   palettization, 4-bit block-wise linear for iOS18/macOS15 targets);
 - a torch.ao int8 model (ptq_static, ptq_dynamic, qat...): coremltools cannot
-  convert torch.ao modules, so it is lowered first (``coreml_lowering``): the
+  convert torch.ao modules, so it is lowered first (``lowering``): the
   package keeps the method's own int8 weight values and scales, and for static
   methods its calibrated activation scales as quantize/dequantize ops (W8A8).
 

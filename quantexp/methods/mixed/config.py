@@ -21,7 +21,7 @@ class MixedObjective(str, Enum):
 
 @dataclass
 class MixedPrecisionConfig(MethodConfig):
-    """Per-layer precision (quantexp/methods/mixed_precision.py)."""
+    """Per-layer precision (quantexp/methods/mixed/, layers in quantexp/quant/mixed_layers.py)."""
 
     name: str = "mixed"
     implementation: ClassVar[str] = "quantexp.methods.mixed.method:MixedPrecision"

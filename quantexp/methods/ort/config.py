@@ -44,16 +44,16 @@ ORT_DYNAMIC_OP_TYPES = frozenset({"Attention", "Conv", "EmbedLayerNormalization"
 @dataclass
 class OrtQuantConfig(MethodConfig):
     """Shared by ort_dynamic / ort_static: ONNX Runtime quantizes the exported fp32
-    ONNX file (quantexp/methods/ort_common.py). Needs exporter=onnx."""
+    ONNX file (quantexp/methods/ort/quantize.py). Needs exporter=onnx."""
 
     name: str = MISSING
     # Per output channel weight scales: no measurable cost in ORT's CPU kernels here,
     # better fp32 agreement (MiniLM, 500 test items: dynamic 97% vs 87%, static 90% vs 86%).
     per_channel: bool = True
     weight_type: IntType = IntType.s8
-    # Weights on 7 bits; null: true on x86 CPUs without VNNI (see ort_common.default_reduce_range).
+    # Weights on 7 bits; null: true on x86 CPUs without VNNI (see quantize.default_reduce_range).
     reduce_range: Optional[bool] = None
-    # ONNX op types to quantize; null: the model family's default (ort_common.DEFAULT_OP_TYPES).
+    # ONNX op types to quantize; null: the model family's default (quantize.DEFAULT_OP_TYPES).
     op_types: Optional[list[str]] = None
     # ORT optimization of the fp32 graph before quantizing (quant pre-processing);
     # the session that runs the result uses exporter.graph_optimization.
@@ -112,7 +112,7 @@ class OrtStaticConfig(OrtQuantConfig):
     # e.g. attention scores); ORT's dynamic quantizer always does this.
     matmul_const_b_only: bool = True
     # Op types whose outputs stay float (no QuantizeLinear after them: ORT runs them as
-    # int8 x int8 -> float); null: the family's default (ort_common.DEFAULT_FLOAT_OUTPUTS).
+    # int8 x int8 -> float); null: the family's default (quantize.DEFAULT_FLOAT_OUTPUTS).
     float_output_op_types: Optional[list[str]] = None
     valid_op_types: ClassVar[frozenset[str]] = ORT_QDQ_OP_TYPES
 

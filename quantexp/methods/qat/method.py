@@ -7,7 +7,7 @@ and times.
 ``qat`` trains from a fresh initialisation of the model's architecture by
 default (``init: scratch``; ``init: fp32`` starts from the cached fp32 weights);
 ``qat_finetune`` (qat_finetune.py) adds the fine-tuning tools on top of the
-same machinery. Machinery: FX graph-mode QAT, see qat_common.py.
+same machinery. Machinery: FX graph-mode QAT, see fake_quant.py.
 """
 
 from __future__ import annotations
