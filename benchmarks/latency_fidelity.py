@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from quantexp.bench.latency import measure_latency, timeit_reference
+from quantexp.models import load_model
 from quantexp.models.cnn.config import CNNConfig
 from quantexp.models.rnn.config import RNNConfig
-from quantexp.models import load_model
 from quantexp.runtimes import TorchRuntime
 
 MODELS = {"cnn": CNNConfig(name="cnn", dataset="mnist5k"),

@@ -43,15 +43,15 @@ def main() -> None:
     parser.add_argument("--out", default="")
     args = parser.parse_args()
 
+    import optuna
     import torch
     from omegaconf import OmegaConf
 
-    import optuna
     from quantexp.analysis.pareto import best_under, hypervolume, pareto_front
+    from quantexp.models import load_model
     from quantexp.models.cnn.config import CNNConfig
     from quantexp.quant.calibration import draw_calibration
     from quantexp.quant.mixed_layers import assignable_layers, build_mixed, model_size_bytes, supported_dtypes
-    from quantexp.models import load_model
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     torch.set_num_threads(1)
@@ -126,7 +126,8 @@ def main() -> None:
     print(f"{'sampler':8} {'evals':>5} {'% grid':>7} {'HV ratio mean':>13} {'min':>6} {'>=95%':>6} "
           f"{'gap mean':>8} {'gap max':>8}")
     for r in rows:
-        fmt = lambda v: "-" if v is None else f"{v:.2f}"
+        def fmt(v):
+            return "-" if v is None else f"{v:.2f}"
         print(f"{r['sampler']:8} {r['evaluations']:>5} {100 * r['fraction_of_grid']:>6.1f}% "
               f"{r['hv_ratio_mean']:>13.3f} {r['hv_ratio_min']:>6.3f} "
               f"{r['seeds_reaching_95pct']:>3}/{args.seeds} {fmt(r['best_drop_gap_mean']):>8} "
