@@ -4,6 +4,11 @@
 (``hydra_app``), whose job validates, runs the pipeline under an MLflow run,
 writes results.json, prints the summary and returns the objective.
 
+``--check`` (alias ``--dry-run``) stops after validation: the job
+prints what ``quantexp.check`` found and exits 0 without training, without an MLflow
+run and without outputs (Hydra's own run directory goes to a temporary folder that
+is removed afterwards).
+
 Bad input (a ConfigError or an unavailable hardware target) is refused before
 any model loads: one line on stderr and exit code 2 in a single run; in a
 multirun it is raised so that only that job fails and the sweep goes on.
@@ -11,7 +16,9 @@ multirun it is raised so that only that job fails and the sweep goes on.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -25,7 +32,17 @@ from quantexp.config import ConfigError
 from quantexp.hardware.probe import HardwareUnavailable
 
 EXIT_BAD_CONFIG = 2
-COMMANDS = {"run": "run one experiment, or a sweep with -m (what `python run.py` does)"}
+CHECK_FLAGS = ("--check", "--dry-run")
+COMMANDS = {
+    "run": "run one experiment, or a sweep with -m (what `python run.py` does)",
+}
+
+
+class _Mode:
+    check: bool = False  # set by run_main when argv carried --check / --dry-run
+
+
+MODE = _Mode()
 
 register()
 # Hydra 1.4rc3 warns on every run that hydra.callbacks targets are instantiated
@@ -33,12 +50,17 @@ register()
 warnings.filterwarnings("ignore", message=r"hydra\.utils\.instantiate\(\) resolved _target_='quantexp\.")
 
 
-def run_job(cfg: DictConfig) -> float:
+def run_job(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
     project_root = Path(hc.runtime.cwd)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        if MODE.check:
+            from quantexp.check import check
+
+            print(check(cfg).format())
+            return None
         exp = validate(cfg)
         run_name = run_name_of(exp)
         if multirun:
@@ -64,7 +86,26 @@ def run_main(argv: list[str] | None = None) -> None:
     """``python run.py <argv>``: the Hydra app, then the exit code a search set."""
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    status = hydra_app()
+    args = sys.argv[1:]
+    check_dir = None
+    MODE.check = False
+    if any(a in CHECK_FLAGS for a in args):
+        args = [a for a in args if a not in CHECK_FLAGS]
+        if any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args):
+            # A sweep opens its MLflow parent run and sweep folder before any job starts.
+            print("error: --check validates one configuration; drop -m/--multirun", file=sys.stderr)
+            sys.exit(EXIT_BAD_CONFIG)
+        MODE.check = True
+        # Hydra always creates the run directory (.hydra/, run.log): a throwaway one,
+        # last on the line so that it wins over a hydra.run.dir given before it.
+        check_dir = tempfile.mkdtemp(prefix="quantexp-check-")
+        args.append(f"hydra.run.dir={check_dir}")
+    sys.argv = [sys.argv[0], *args]
+    try:
+        status = hydra_app()
+    finally:
+        if check_dir is not None:
+            shutil.rmtree(check_dir, ignore_errors=True)
     # A precision search whose budget no trial meets ends non-zero (quantexp.search).
     from quantexp.search import EXIT
 
@@ -88,4 +129,4 @@ def main(argv: list[str] | None = None) -> None:
     run_main()
 
 
-__all__ = ["EXIT_BAD_CONFIG", "hydra_app", "main", "run_job", "run_main"]
+__all__ = ["CHECK_FLAGS", "EXIT_BAD_CONFIG", "MODE", "hydra_app", "main", "run_job", "run_main"]
