@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from quantexp.api import CONF_DIR, execute, register, run_name_of, validate
 from quantexp.config import ConfigError
 from quantexp.hardware.probe import HardwareUnavailable
+from quantexp.help import register_resolvers as register_help
 
 EXIT_BAD_CONFIG = 2
 CHECK_FLAGS = ("--check", "--dry-run")
@@ -45,6 +46,7 @@ class _Mode:
 MODE = _Mode()
 
 register()
+register_help()
 # Hydra 1.4rc3 warns on every run that hydra.callbacks targets are instantiated
 # without an execution whitelist; the only targets are our own callbacks.
 warnings.filterwarnings("ignore", message=r"hydra\.utils\.instantiate\(\) resolved _target_='quantexp\.")
