@@ -102,6 +102,8 @@ def run_main(argv: list[str] | None = None) -> None:
         # last on the line so that it wins over a hydra.run.dir given before it.
         check_dir = tempfile.mkdtemp(prefix="quantexp-check-")
         args.append(f"hydra.run.dir={check_dir}")
+    if _shows_resolved_hydra_cfg(args):
+        _resolve_hydra_cfg_in_full_config()
     sys.argv = [sys.argv[0], *args]
     try:
         status = hydra_app()
@@ -112,6 +114,55 @@ def run_main(argv: list[str] | None = None) -> None:
     from quantexp.search import EXIT
 
     sys.exit(status or EXIT.code)
+
+
+def _shows_resolved_hydra_cfg(args: list[str]) -> bool:
+    """``--cfg hydra --resolve`` (also ``-c hydra``, ``--cfg=hydra``)."""
+    if "--resolve" not in args:
+        return False
+    pairs = zip(args, [*args[1:], ""])
+    return any((a in ("--cfg", "-c") and b == "hydra") or a == "--cfg=hydra" for a, b in pairs)
+
+
+def _resolve_hydra_cfg_in_full_config() -> None:
+    """Make ``--cfg hydra --resolve`` resolve the hydra node inside the whole config.
+
+    Hydra 1.4 drops every other key before resolving (``get_sanitized_hydra_cfg``), so
+    ``hydra.run.dir: outputs/.../${model.name}_${method.name}`` fails with
+    "Interpolation key 'model.name' not found". The replacement resolves the hydra
+    node first (its help templates, which --cfg hydra does not print, excepted), then
+    sanitizes as Hydra does. Left alone if this Hydra has no such method."""
+    import copy
+
+    from hydra._internal import hydra as internal
+    from omegaconf import MISSING, OmegaConf, flag_override
+    from omegaconf.errors import InterpolationToMissingValueError
+
+    original = getattr(internal.Hydra, "get_sanitized_hydra_cfg", None)
+    resolve_for_output = getattr(internal, "_resolve_for_cfg_output", None)
+    if original is None or resolve_for_output is None or getattr(original, "_quantexp_resolving", False):
+        return
+
+    def sanitized(src_cfg: DictConfig) -> DictConfig:
+        cfg = copy.deepcopy(src_cfg)
+        with flag_override(cfg, ["struct", "readonly"], [False, False]):
+            for key in list(cfg.hydra.keys()):
+                if key in ("help", "hydra_help"):
+                    continue
+                node = cfg.hydra._get_node(key)
+                if OmegaConf.is_config(node):
+                    # Hydra's own --resolve: a value that needs a missing one (hydra.job.num,
+                    # set only in a multirun) is printed as ???.
+                    resolve_for_output(node)
+                elif not OmegaConf.is_missing(cfg.hydra, key):
+                    try:
+                        cfg.hydra[key] = cfg.hydra[key]
+                    except InterpolationToMissingValueError:
+                        cfg.hydra[key] = MISSING
+        return original(cfg)
+
+    sanitized._quantexp_resolving = True
+    internal.Hydra.get_sanitized_hydra_cfg = staticmethod(sanitized)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -83,3 +83,27 @@ def test_the_package_hint_of_help_prints_the_methods_keys(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("# @package method\n")
     assert "name: bnb_int8" in proc.stdout and "threshold:" in proc.stdout
+
+
+def test_cfg_hydra_resolve(tmp_path):
+    """hydra.run.dir (outputs/<date>/<time>_${model.name}_${method.name}) refers to the job
+    config, which Hydra's own --cfg hydra drops before resolving."""
+    proc = run(["--cfg", "hydra", "--resolve"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"^    dir: outputs/\S+_cnn_ptq_static$", proc.stdout, re.MULTILINE)
+    assert "${" not in proc.stdout
+    # The template of --help is not part of --cfg hydra.
+    assert "config_groups" not in proc.stdout
+
+
+def test_cfg_hydra_resolve_with_the_precision_search(tmp_path):
+    """hydra.sweeper.n_trials is a resolver over the study storage, which uses
+    ${hydra:runtime.cwd}: the storage is moved under tmp so nothing lands in the project."""
+    storage = f"sqlite:///{tmp_path}/optuna/study.db"
+    proc = run(["--cfg", "hydra", "--resolve", "+search=mixed_precision", f"hydra.sweeper.storage={storage}",
+                "search.n_trials=7"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "n_trials: 7\n" in proc.stdout  # a new study still needs every trial
+    assert "study_name: mixed_cnn\n" in proc.stdout
+    assert re.search(r"^    dir: outputs/\S+_cnn_mixed$", proc.stdout, re.MULTILINE)
+    assert "${" not in proc.stdout
