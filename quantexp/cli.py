@@ -4,7 +4,7 @@
 (``hydra_app``), whose job validates, runs the pipeline under an MLflow run,
 writes results.json, prints the summary and returns the objective.
 
-``--check`` (alias ``--dry-run``) stops after validation: the job
+``--check`` (alias ``--dry-run``; ``quantexp check``) stops after validation: the job
 prints what ``quantexp.check`` found and exits 0 without training, without an MLflow
 run and without outputs (Hydra's own run directory goes to a temporary folder that
 is removed afterwards).
@@ -36,6 +36,7 @@ EXIT_BAD_CONFIG = 2
 CHECK_FLAGS = ("--check", "--dry-run")
 COMMANDS = {
     "run": "run one experiment, or a sweep with -m (what `python run.py` does)",
+    "check": "validate a configuration without running it (`python run.py --check`)",
 }
 
 
@@ -178,6 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
+    if command == "check":
+        command, rest = "run", ["--check", *rest]
     sys.argv = [f"quantexp {command}", *rest]
     run_main()
 

@@ -106,3 +106,15 @@ def test_check_refuses_bad_input_in_one_line(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-3000:]
     assert proc.stdout == ""
     assert_nothing_ran(tmp_path)
+
+
+def test_quantexp_check_is_run_check(tmp_path):
+    proc = run(["check", "method=ort_static"], tmp_path, script=["-c", "from quantexp.cli import main; main()"])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: method=ort_static cannot run with exporter=none; valid exporter values for ort_static: onnx"]
+    proc = run(["run", "--check", "exporter=onnx", "method=ort_static"], tmp_path,
+               script=["-c", "from quantexp.cli import main; main()"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "check: cnn/ort_static/int8/cpu is valid" in proc.stdout
+    assert_nothing_ran(tmp_path)

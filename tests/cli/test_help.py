@@ -85,6 +85,20 @@ def test_the_package_hint_of_help_prints_the_methods_keys(tmp_path):
     assert "name: bnb_int8" in proc.stdout and "threshold:" in proc.stdout
 
 
+def test_quantexp_command_lists_its_subcommands(tmp_path):
+    proc = run(["--help"], tmp_path, script=["-c", QUANTEXP])
+    assert proc.returncode == 0, proc.stderr
+    commands = re.findall(r"^  (\w+) +(\S.*)$", proc.stdout, re.MULTILINE)
+    assert [name for name, _ in commands] == ["run", "check"]
+
+
+def test_quantexp_refuses_an_unknown_subcommand_in_one_line(tmp_path):
+    proc = run(["frobnicate", "model=cnn"], tmp_path, script=["-c", QUANTEXP])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown command 'frobnicate'; valid commands: run, check"]
+
+
 def test_cfg_hydra_resolve(tmp_path):
     """hydra.run.dir (outputs/<date>/<time>_${model.name}_${method.name}) refers to the job
     config, which Hydra's own --cfg hydra drops before resolving."""
