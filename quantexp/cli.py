@@ -4,6 +4,11 @@
 (``hydra_app``), whose job validates, runs the pipeline under an MLflow run,
 writes results.json, prints the summary and returns the objective.
 
+``--check`` (alias ``--dry-run``; ``quantexp check``) stops after validation: the job
+prints what ``quantexp.check`` found and exits 0 without training, without an MLflow
+run and without outputs (Hydra's own run directory goes to a temporary folder that
+is removed afterwards).
+
 Bad input (a ConfigError or an unavailable hardware target) is refused before
 any model loads: one line on stderr and exit code 2 in a single run; in a
 multirun it is raised so that only that job fails and the sweep goes on.
@@ -11,7 +16,9 @@ multirun it is raised so that only that job fails and the sweep goes on.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,22 +30,40 @@ from omegaconf import DictConfig
 from quantexp.api import CONF_DIR, execute, register, run_name_of, validate
 from quantexp.config import ConfigError
 from quantexp.hardware.probe import HardwareUnavailable
+from quantexp.help import register_resolvers as register_help
 
 EXIT_BAD_CONFIG = 2
-COMMANDS = {"run": "run one experiment, or a sweep with -m (what `python run.py` does)"}
+CHECK_FLAGS = ("--check", "--dry-run")
+COMMANDS = {
+    "run": "run one experiment, or a sweep with -m (what `python run.py` does)",
+    "check": "validate a configuration without running it (`python run.py --check`)",
+}
+
+
+class _Mode:
+    check: bool = False  # set by run_main when argv carried --check / --dry-run
+
+
+MODE = _Mode()
 
 register()
+register_help()
 # Hydra 1.4rc3 warns on every run that hydra.callbacks targets are instantiated
 # without an execution whitelist; the only targets are our own callbacks.
 warnings.filterwarnings("ignore", message=r"hydra\.utils\.instantiate\(\) resolved _target_='quantexp\.")
 
 
-def run_job(cfg: DictConfig) -> float:
+def run_job(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     output_dir = Path(hc.runtime.output_dir)
     project_root = Path(hc.runtime.cwd)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        if MODE.check:
+            from quantexp.check import check
+
+            print(check(cfg).format())
+            return None
         exp = validate(cfg)
         run_name = run_name_of(exp)
         if multirun:
@@ -64,11 +89,81 @@ def run_main(argv: list[str] | None = None) -> None:
     """``python run.py <argv>``: the Hydra app, then the exit code a search set."""
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
-    status = hydra_app()
+    args = sys.argv[1:]
+    check_dir = None
+    MODE.check = False
+    if any(a in CHECK_FLAGS for a in args):
+        args = [a for a in args if a not in CHECK_FLAGS]
+        if any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in args):
+            # A sweep opens its MLflow parent run and sweep folder before any job starts.
+            print("error: --check validates one configuration; drop -m/--multirun", file=sys.stderr)
+            sys.exit(EXIT_BAD_CONFIG)
+        MODE.check = True
+        # Hydra always creates the run directory (.hydra/, run.log): a throwaway one,
+        # last on the line so that it wins over a hydra.run.dir given before it.
+        check_dir = tempfile.mkdtemp(prefix="quantexp-check-")
+        args.append(f"hydra.run.dir={check_dir}")
+    if _shows_resolved_hydra_cfg(args):
+        _resolve_hydra_cfg_in_full_config()
+    sys.argv = [sys.argv[0], *args]
+    try:
+        status = hydra_app()
+    finally:
+        if check_dir is not None:
+            shutil.rmtree(check_dir, ignore_errors=True)
     # A precision search whose budget no trial meets ends non-zero (quantexp.search).
     from quantexp.search import EXIT
 
     sys.exit(status or EXIT.code)
+
+
+def _shows_resolved_hydra_cfg(args: list[str]) -> bool:
+    """``--cfg hydra --resolve`` (also ``-c hydra``, ``--cfg=hydra``)."""
+    if "--resolve" not in args:
+        return False
+    pairs = zip(args, [*args[1:], ""])
+    return any((a in ("--cfg", "-c") and b == "hydra") or a == "--cfg=hydra" for a, b in pairs)
+
+
+def _resolve_hydra_cfg_in_full_config() -> None:
+    """Make ``--cfg hydra --resolve`` resolve the hydra node inside the whole config.
+
+    Hydra 1.4 drops every other key before resolving (``get_sanitized_hydra_cfg``), so
+    ``hydra.run.dir: outputs/.../${model.name}_${method.name}`` fails with
+    "Interpolation key 'model.name' not found". The replacement resolves the hydra
+    node first (its help templates, which --cfg hydra does not print, excepted), then
+    sanitizes as Hydra does. Left alone if this Hydra has no such method."""
+    import copy
+
+    from hydra._internal import hydra as internal
+    from omegaconf import MISSING, OmegaConf, flag_override
+    from omegaconf.errors import InterpolationToMissingValueError
+
+    original = getattr(internal.Hydra, "get_sanitized_hydra_cfg", None)
+    resolve_for_output = getattr(internal, "_resolve_for_cfg_output", None)
+    if original is None or resolve_for_output is None or getattr(original, "_quantexp_resolving", False):
+        return
+
+    def sanitized(src_cfg: DictConfig) -> DictConfig:
+        cfg = copy.deepcopy(src_cfg)
+        with flag_override(cfg, ["struct", "readonly"], [False, False]):
+            for key in list(cfg.hydra.keys()):
+                if key in ("help", "hydra_help"):
+                    continue
+                node = cfg.hydra._get_node(key)
+                if OmegaConf.is_config(node):
+                    # Hydra's own --resolve: a value that needs a missing one (hydra.job.num,
+                    # set only in a multirun) is printed as ???.
+                    resolve_for_output(node)
+                elif not OmegaConf.is_missing(cfg.hydra, key):
+                    try:
+                        cfg.hydra[key] = cfg.hydra[key]
+                    except InterpolationToMissingValueError:
+                        cfg.hydra[key] = MISSING
+        return original(cfg)
+
+    sanitized._quantexp_resolving = True
+    internal.Hydra.get_sanitized_hydra_cfg = staticmethod(sanitized)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,8 +179,10 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
+    if command == "check":
+        command, rest = "run", ["--check", *rest]
     sys.argv = [f"quantexp {command}", *rest]
     run_main()
 
 
-__all__ = ["EXIT_BAD_CONFIG", "hydra_app", "main", "run_job", "run_main"]
+__all__ = ["CHECK_FLAGS", "EXIT_BAD_CONFIG", "MODE", "hydra_app", "main", "run_job", "run_main"]
