@@ -175,9 +175,7 @@ def as_split(data: "Split | torch.Tensor | tuple[torch.Tensor, ...] | None") -> 
 
     if data is None or isinstance(data, Split):
         return data
-    inputs = (data,) if isinstance(data, torch.Tensor) else tuple(data)
-    n = int(inputs[0].shape[0])
-    return Split(inputs, torch.zeros(n, dtype=torch.long), torch.arange(n))
+    return Split.unlabelled((data,) if isinstance(data, torch.Tensor) else tuple(data))
 
 
 def _override_value(value: Any) -> str:

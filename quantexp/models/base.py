@@ -23,6 +23,13 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @classmethod
+    def unlabelled(cls, inputs: tuple[torch.Tensor, ...]) -> "Split":
+        """Inputs only (a user's calibration or example batch): dummy labels, row ids.
+        Quantization never reads the labels."""
+        n = int(inputs[0].shape[0])
+        return cls(tuple(inputs), torch.zeros(n, dtype=torch.long), torch.arange(n))
+
     def subset(self, index: torch.Tensor | list[int]) -> "Split":
         index = torch.as_tensor(index, dtype=torch.long)
         return Split(tuple(x[index] for x in self.inputs), self.labels[index], self.ids[index])
@@ -75,8 +82,7 @@ class ModelBundle:
         if data is None:
             if example_inputs is None:
                 raise ValueError("ModelBundle.from_module needs calibration, test or example_inputs")
-            n = int(example_inputs[0].shape[0])
-            data = Split(tuple(example_inputs), torch.zeros(n, dtype=torch.long), torch.arange(n))
+            data = Split.unlabelled(tuple(example_inputs))
         module = module.eval()
         with torch.no_grad():
             num_classes = int(module(*(x[:1] for x in data.inputs)).shape[-1])
