@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from quantexp.report.sweeps import format_row, read_sweep, sweep_param
 from tests.run_py import run_py
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,9 +64,15 @@ def check_sweep(tmp: Path, proc: subprocess.CompletedProcess, family: str) -> No
         assert child.data.tags["host.threads"] and child.data.tags["version.torch"]
 
 
-def test_cnn_all_methods(tmp_path):
-    proc = run_py(["-m", METHODS, "model=cnn", "model.n_train=300", "model.epochs=1", *TINY], tmp_path)
+def test_cnn_all_methods_through_the_families_recipe(tmp_path):
+    # the recipe's own sweep (conf/experiment/families.yaml), narrowed to the CNN
+    proc = run_py(["-m", "+experiment=families", sweep_param("model", "cnn"), "model.n_train=300",
+                   "model.epochs=1", *TINY], tmp_path)
     check_sweep(tmp_path, proc, "cnn")
+    results = read_sweep(tmp_path / "multirun")
+    assert [r.label for r in results] == ["fp32", "ptq_static", "ptq_dynamic"]
+    rows = [format_row(r) for r in results]
+    assert all(row.startswith("cnn") for row in rows) and "1.00x" in rows[0]
     static = json.loads(next((tmp_path / "multirun").glob("*ptq_static/results.json")).read_text())
     assert static["method"]["path"] == "fx_graph_mode"
     assert static["method"]["quantized_layers"] >= 3
