@@ -15,13 +15,16 @@ this module costs what importing Hydra costs.
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from quantexp.config import ConfigError, ExperimentConfig, build, register_configs
+from quantexp.files import atomic_write_json, atomic_write_text
 from quantexp.hardware.probe import require_available
 
 if TYPE_CHECKING:
@@ -43,6 +46,9 @@ def register() -> None:
 
     register_configs()
     register_resolvers()
+    if not OmegaConf.has_resolver("quantexp.pid"):
+        # hydra.run.dir ends with it: runs started in the same second get their own folders
+        OmegaConf.register_new_resolver("quantexp.pid", os.getpid)
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -74,7 +80,7 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
     output_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = Path(exp.cache_dir) if exp.cache_dir else project_root / ".cache" / "quantexp"
     config_yaml = OmegaConf.to_yaml(cfg)
-    (output_dir / "config.yaml").write_text(config_yaml)
+    atomic_write_text(output_dir / "config.yaml", config_yaml)
     tags = {"quantexp.git_commit": git_commit(project_root), "quantexp.output_dir": str(output_dir),
             **{f"version.{k}": v for k, v in library_versions().items()}}
 
@@ -90,7 +96,7 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
         results["results_path"] = str(output_dir / "results.json")
         if log is not None:
             results["mlflow_run_id"] = log.run_id
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        atomic_write_json(output_dir / "results.json", results)
         if log is not None:
             log.log_artifact(output_dir / "results.json")
             if exp.tracking.log_model:
@@ -107,6 +113,22 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
 
 def run_name_of(exp: ExperimentConfig) -> str:
     return f"{exp.model.name}/{exp.method.name}/{exp.precision.name}/{exp.hardware.name}"
+
+
+def new_output_dir(root: Path, name: str) -> Path:
+    """``root/<date>/<time>_<name>_<pid>``, created here and never shared: two calls in
+    one second (one process) get ``-2``, ``-3``... (mkdir without exist_ok is atomic)."""
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+    base = root / f"{stamp}_{name}_{os.getpid()}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    candidates = (base if n == 1 else base.with_name(f"{base.name}-{n}") for n in itertools.count(1))
+    while True:
+        candidate = next(candidates)
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
 
 
 def run(model: str | None = None, method: str | None = None, *overrides: str,
@@ -127,8 +149,7 @@ def run(model: str | None = None, method: str | None = None, *overrides: str,
     cfg = compose(args)
     exp = validate(cfg)
     if output_dir is None:
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
-        output_dir = PROJECT_ROOT / "outputs" / f"{stamp}_{exp.model.name}_{exp.method.name}"
+        output_dir = new_output_dir(PROJECT_ROOT / "outputs", f"{exp.model.name}_{exp.method.name}")
     results = execute(exp, cfg, Path(output_dir), PROJECT_ROOT, run_name_of(exp))
     return Results.from_dict(json.loads(json.dumps(results, default=str)))
 

@@ -25,6 +25,7 @@ from quantexp.bench.memory import CudaPeakMemory, PeakRSSSampler, process_peak_r
 from quantexp.bench.size import bits_per_parameter, path_size_bytes
 from quantexp.config import ExperimentConfig
 from quantexp.exporters import Exported, get_exporter
+from quantexp.files import atomic_path, atomic_write
 from quantexp.hardware import HostInfo, probe_host
 from quantexp.methods import get_method
 from quantexp.models import load_model
@@ -213,18 +214,16 @@ PREDICTIONS = "predictions.npz"
 def save_predictions(path: Path, test, preds: dict[str, np.ndarray | None]) -> Path:
     """``labels`` and ``ids`` of the test split and one array of predicted classes per
     candidate that was measured (a candidate this host cannot run has none)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, labels=test.labels.numpy(), ids=test.ids.numpy(),
-                        **{name: np.asarray(p) for name, p in preds.items() if p is not None})
-    return path
+    arrays = {"labels": test.labels.numpy(), "ids": test.ids.numpy(),
+              **{name: np.asarray(p) for name, p in preds.items() if p is not None}}
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def write_table(rows: list[dict[str, Any]], path: Path) -> None:
     import csv
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)

@@ -5,7 +5,7 @@ completes and writes as results.json, as dataclasses (``Results`` -> ``Candidate
 writes them, so ``to_json`` writes the same text; keys unknown here are kept in each
 class's ``extra`` and written back, so a reader never drops what a newer pipeline added.
 
-Stdlib only on purpose: reports and analysis scripts read results.json without
+Stdlib only on purpose (quantexp.files is stdlib too): reports and analysis scripts read results.json without
 importing torch, numpy, hydra, mlflow or the rest of quantexp.
 """
 
@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Self
+
+from quantexp.files import atomic_write_json
 
 
 def _require(d: Mapping[str, Any], keys: tuple[str, ...], what: str) -> None:
@@ -214,8 +216,7 @@ class Results:
 
     def to_json(self, path: str | Path) -> Path:
         """Write as cli.execute does (indent=2, default=str), so the text is the same."""
-        (path := Path(path)).write_text(json.dumps(self.to_dict(), indent=2, default=str))
-        return path
+        return atomic_write_json(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str | Path) -> Results:

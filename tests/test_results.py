@@ -148,11 +148,11 @@ def test_missing_key_is_refused(runs):
         Candidate.from_dict(cand)
 
 
-# quantexp._lazy is the package __init__'s PEP 562 helper (stdlib only).
+# quantexp._lazy (the package __init__'s PEP 562 helper) and quantexp.files are stdlib only.
 def test_import_is_torch_free():
     code = ("import sys, quantexp.results; heavy = {'torch', 'numpy', 'hydra', 'mlflow', 'omegaconf'};"
             " loaded = sorted(heavy & set(sys.modules));"
-            " mine = sorted(m for m in sys.modules if m.startswith('quantexp.') and m not in ('quantexp.results', 'quantexp._lazy'));"
+            " mine = sorted(m for m in sys.modules if m.startswith('quantexp.') and m not in ('quantexp.results', 'quantexp._lazy', 'quantexp.files'));"
             " assert not loaded and not mine, (loaded, mine)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, check=False)

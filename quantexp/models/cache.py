@@ -2,34 +2,34 @@
 
 Owns: the cache key (sha256 of the canonical JSON of the model config + seed +
 ``CACHE_VERSION``), the entry layout ``<cache_dir>/<name>-<key[:16]>/{model.pt,
-meta.json}``, and atomic writes (temp file in the same directory, then
-``os.replace``) so parallel sweep jobs never read a half-written file. Only
-weights are cached; data is always rebuilt from its source.
+meta.json}``, the sha256 of ``model.pt`` recorded in meta.json and checked on every
+load (weights edited, truncated or swapped behind the cache's back are a miss, never
+used), and atomic writes (``quantexp.files``) so parallel sweep jobs never read a
+half-written file. Only weights are cached; data is always rebuilt from its source.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import logging
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
 from quantexp.config import ModelConfig
+from quantexp.files import atomic_write
 
 log = logging.getLogger(__name__)
 
 # Bump when the architectures, training or data change in a way that makes
 # existing cached weights wrong for the same config.
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: meta.json records the sha256 of model.pt
 
 WEIGHTS, META = "model.pt", "meta.json"
 
@@ -83,25 +83,17 @@ def load(cache_dir: Path, cfg: ModelConfig, seed: int, fingerprint: dict) -> Cac
             log.warning("cache entry %s was trained on other source files (%s != %s); retraining",
                         path, meta.get("fingerprint"), fingerprint)
             return None
-        state = torch.load(path / WEIGHTS, map_location="cpu", weights_only=True)
+        blob = (path / WEIGHTS).read_bytes()
+        digest = hashlib.sha256(blob).hexdigest()
+        if meta.get("weights_sha256") != digest:
+            log.warning("cache entry %s: %s does not match the sha256 recorded when it was cached "
+                        "(%s != %s); retraining", path, WEIGHTS, digest, meta.get("weights_sha256"))
+            return None
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 -- a damaged pickle can fail in many ways; retraining fixes all
         log.warning("unreadable cache entry %s (%r); retraining", path, exc)
         return None
     return CacheEntry(path, state, meta)
-
-
-def _atomic_write(target: Path, write: Callable[[IO[bytes]], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; cached models are shareable
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(cache_dir: Path, cfg: ModelConfig, seed: int, state_dict: dict[str, torch.Tensor],
@@ -109,11 +101,15 @@ def save(cache_dir: Path, cfg: ModelConfig, seed: int, state_dict: dict[str, tor
     """Store weights + metadata; returns the entry directory."""
     path = entry_dir(cache_dir, cfg, seed)
     path.mkdir(parents=True, exist_ok=True)
-    meta = {**meta, "key": cache_key(cfg, seed), "seed": seed, "cache_version": CACHE_VERSION,
-            "config": config_dict(cfg), "fingerprint": fingerprint}
     state = {k: v.detach().cpu().clone() for k, v in state_dict.items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    blob = buffer.getvalue()
+    meta = {**meta, "key": cache_key(cfg, seed), "seed": seed, "cache_version": CACHE_VERSION,
+            "config": config_dict(cfg), "fingerprint": fingerprint,
+            "weights_sha256": hashlib.sha256(blob).hexdigest()}
     # Weights first, meta last: a reader that sees meta.json also sees model.pt.
-    _atomic_write(path / WEIGHTS, lambda f: torch.save(state, f))
+    atomic_write(path / WEIGHTS, lambda f: f.write(blob))
     payload = json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")
-    _atomic_write(path / META, lambda f: f.write(payload))
+    atomic_write(path / META, lambda f: f.write(payload))
     return path

@@ -9,6 +9,7 @@ shared behaviour of the families that train end to end (cnn, rnn).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -17,13 +18,20 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from quantexp.config import ModelConfig
+from quantexp.config import ConfigError, ModelConfig
 from quantexp.models.base import Split
 from quantexp.models.datasets import RawDataset, check_kind, make_splits
 
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=nn.Module)
+
+
+class TrainingDiverged(ConfigError):
+    """fp32 training that produced no usable model (non-finite loss or weights, or a
+    model that predicts one class for everything). A ConfigError: the remedy is in the
+    config (a lower ``model.lr``, more epochs), and the run ends with this one line.
+    Such a model is never cached."""
 
 
 def seeded(seed: int, build: Callable[[], M]) -> M:
@@ -56,6 +64,10 @@ def fit(module: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: flo
             labels = data.labels[index]
             logits = module(*inputs)
             loss = F.cross_entropy(logits, labels)
+            if not torch.isfinite(loss):
+                # stop now: every later step only spreads the NaN/inf through the weights
+                raise TrainingDiverged(f"{desc}: training diverged (loss {loss.item()} at epoch {epoch}, "
+                                       f"step {start // batch_size + 1}, lr {lr:g}); lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -79,6 +91,29 @@ def predict(module: nn.Module, split: Split, batch_size: int = 256) -> torch.Ten
         return torch.cat([module(*inputs) for inputs, _ in split.batches(batch_size)])
     finally:
         module.train(was_training)
+
+
+def check_converged(module: nn.Module, test: Split, what: str, lr: float, history: list[dict]) -> float:
+    """Test accuracy of a freshly trained ``module``, or ``TrainingDiverged`` when it is
+    not a model: weights or logits that are not finite, or the collapse a diverged run
+    ends in - one class predicted for every test item *and* a last-epoch training loss
+    worse than uniform guessing (2 ln C). Both are needed: a weak but stable model
+    (a tiny head after two epochs) may well predict the majority class, at a loss
+    near ln C; only a run that blew up ends far above it."""
+    if not all(torch.isfinite(p).all() for p in module.parameters()):
+        raise TrainingDiverged(f"{what}: training diverged (non-finite weights, lr {lr:g}); lower the learning rate")
+    logits = predict(module, test)
+    if not torch.isfinite(logits).all():
+        raise TrainingDiverged(f"{what}: training diverged (non-finite outputs, lr {lr:g}); lower the learning rate")
+    predicted = logits.argmax(dim=1)
+    acc = float((predicted == test.labels).float().mean())
+    final_loss = history[-1]["loss"] if history else 0.0
+    uniform_loss = math.log(logits.shape[1])
+    if predicted.unique().numel() == 1 and test.labels.unique().numel() > 1 and final_loss > 2 * uniform_loss:
+        raise TrainingDiverged(f"{what}: training diverged: one class predicted for all {len(test)} test items "
+                               f"(accuracy {100 * acc:.1f}%, chance level) at a training loss of {final_loss:.3g} "
+                               f"(uniform guessing: {uniform_loss:.3g}; lr {lr:g}); lower the learning rate")
+    return acc
 
 
 def accuracy(module: nn.Module, split: Split, batch_size: int = 256) -> float:

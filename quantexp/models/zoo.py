@@ -19,7 +19,7 @@ from quantexp.config import ConfigError, ModelConfig
 from quantexp.models import cache
 from quantexp.models.base import ModelBundle, Split
 from quantexp.models.datasets import RawDataset
-from quantexp.models.training import accuracy, seeded
+from quantexp.models.training import check_converged, seeded
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,9 @@ def load_model(cfg: ModelConfig, seed: int, cache_dir: Path) -> ModelBundle:
         t0 = time.perf_counter()
         history = builder.fit(model, train, seed)
         train_time = time.perf_counter() - t0
-        meta = {"train_time_s": train_time, "history": history,
-                "fp32_test_accuracy": accuracy(model.eval(), test)}
+        # a diverged model raises here, before anything is cached
+        fp32_accuracy = check_converged(model.eval(), test, cfg.name, cfg.lr, history)
+        meta = {"train_time_s": train_time, "history": history, "fp32_test_accuracy": fp32_accuracy}
         entry_path = cache.save(Path(cache_dir), cfg, seed, builder.persisted(model).state_dict(),
                                 meta, fingerprint)
         log.info("%s: trained in %.1f s, fp32 test accuracy %.4f, cached in %s",

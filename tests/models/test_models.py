@@ -171,6 +171,46 @@ def test_an_unreadable_or_stale_cache_entry_is_retrained(tmp_path):
     assert load_model(tiny_cnn(), 0, tmp_path).from_cache
 
 
+def test_weights_changed_behind_the_cache_are_detected_and_retrained(tmp_path, caplog):
+    # same keys, same shapes, other values: only the recorded sha256 can tell
+    first = load_model(tiny_cnn(), 0, tmp_path)
+    weights = Path(first.info["cache_path"]) / "model.pt"
+    torch.save({k: -v for k, v in first.model.state_dict().items()}, weights)
+    with caplog.at_level("WARNING", logger="quantexp.models.cache"):
+        again = load_model(tiny_cnn(), 0, tmp_path)
+    assert not again.from_cache and "does not match the sha256" in caplog.text
+    assert torch.equal(logits(first), logits(again))  # the negated weights were never used
+    assert load_model(tiny_cnn(), 0, tmp_path).from_cache  # the retrained entry is whole again
+
+
+def test_diverged_training_stops_with_one_line_and_caches_nothing(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_model(tiny_cnn(lr=1e30), 0, tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "diverged" in message and "lr 1e+30" in message
+    assert not any(tmp_path.rglob("meta.json"))
+
+
+def test_a_model_collapsed_to_one_class_is_refused():
+    from quantexp.models.base import Split
+    from quantexp.models.training import TrainingDiverged, check_converged
+
+    constant = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        constant.weight.zero_()
+        constant.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
+    test = Split((torch.randn(30, 4),), torch.arange(30) % 3, torch.arange(30))
+    blown_up = [{"epoch": 1, "loss": 40.0}]  # far above uniform guessing (ln 3 = 1.1)
+    with pytest.raises(TrainingDiverged, match="one class predicted for all 30 test items"):
+        check_converged(constant, test, "tiny", 1e-3, blown_up)
+    # a stable model that only learnt the prior (loss near ln 3) is weak, not diverged
+    assert check_converged(constant, test, "tiny", 1e-3, [{"epoch": 1, "loss": 1.05}]) == pytest.approx(1 / 3)
+    with torch.no_grad():
+        constant.weight.copy_(torch.eye(3, 4))
+        constant.bias.zero_()
+    assert 0.0 <= check_converged(constant, test, "tiny", 1e-3, blown_up) <= 1.0
+
+
 def test_cache_key_depends_on_config_and_seed_only():
     key = cache.cache_key(tiny_cnn(), 0)
     assert key == cache.cache_key(tiny_cnn(), 0) and len(key) == 64
@@ -209,7 +249,8 @@ def test_lstm_bundle(tmp_path):
 
 # --------------------------------------------------------------- transformer
 def test_real_minilm_from_its_package_with_the_configured_sha256(tmp_path):
-    cfg = tiny_text(MINILM.path, name="minilm", sha256=MINILM.sha256, n_train=48, n_test=16)
+    cfg = tiny_text(MINILM.path, name="minilm", sha256=MINILM.sha256,
+                    files_sha256=dict(MINILM.files_sha256), n_train=48, n_test=16)
     b = load_model(cfg, 0, tmp_path)
     assert (b.family, b.num_classes) == ("transformer", 2)
     assert b.input_names == ["input_ids", "attention_mask"]
@@ -218,6 +259,7 @@ def test_real_minilm_from_its_package_with_the_configured_sha256(tmp_path):
     assert set(mask.unique().tolist()) <= {0, 1} and (input_ids[:, 0] == 101).all()  # [CLS]
     assert set(b.test.labels.tolist()) <= {0, 1} and len(b.info["history"]) == 2
     assert b.info["weights_sha256"] == {"model.safetensors": MINILM.sha256}
+    assert b.info["files_sha256"] == dict(MINILM.files_sha256)
     assert logits(b, 4).shape == (4, 2) and not b.model.training
     assert not any(p.requires_grad for p in b.model.encoder.parameters())
     # Only the head is cached (the encoder is reloaded from the checked package files).
@@ -246,6 +288,36 @@ def test_hf_cache_is_not_reused_when_the_encoder_files_change(tmp_path):
     second = load_model(cfg, 0, tmp_path / "cache")
     assert not second.from_cache
     assert second.info["weights_sha256"] != first.info["weights_sha256"]
+
+
+def test_hf_cache_is_not_reused_when_the_encoder_config_changes(tmp_path):
+    # the case: config.json from gelu to relu, weights untouched
+    import json
+
+    model_dir = write_tiny_bert(tmp_path / "bert", seed=0)
+    cfg = tiny_text(str(model_dir))
+    first = load_model(cfg, 0, tmp_path / "cache")
+    config = json.loads((model_dir / "config.json").read_text())
+    (model_dir / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    second = load_model(cfg, 0, tmp_path / "cache")
+    assert not second.from_cache
+    assert second.info["weights_sha256"] == first.info["weights_sha256"]
+    assert second.info["files_sha256"]["config.json"] != first.info["files_sha256"]["config.json"]
+
+
+def test_files_sha256_covers_config_and_tokenizer_files(tiny_bert, tmp_path):
+    from quantexp.models.transformer.family import files_fingerprint
+
+    listed = files_fingerprint(tiny_bert)["files_sha256"]
+    assert {"config.json", "vocab.txt", "tokenizer_config.json"} <= set(listed)
+    with pytest.raises(ModelSourceError, match=r"sha256 mismatch for .*config\.json"):
+        load_model(tiny_text(str(tiny_bert), files_sha256={**listed, "config.json": "0" * 64}), 0, tmp_path)
+    unlisted = {k: v for k, v in listed.items() if k != "vocab.txt"}
+    with pytest.raises(ModelSourceError, match="vocab.txt, which model.files_sha256 does not list"):
+        load_model(tiny_text(str(tiny_bert), files_sha256=unlisted), 0, tmp_path)
+    with pytest.raises(ModelSourceError, match="lists merges.txt but"):
+        load_model(tiny_text(str(tiny_bert), files_sha256={**listed, "merges.txt": "0" * 64}), 0, tmp_path)
+    assert not any(tmp_path.iterdir())
 
 
 def test_sha256_mismatch_is_refused_with_both_hashes(tiny_bert, tmp_path):

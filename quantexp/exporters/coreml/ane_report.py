@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from quantexp.exporters.coreml.mlprogram import FLOAT_DTYPES, OpInfo, ProgramSummary
+from quantexp.files import atomic_write_text
 
 SOURCES = {
     "flexible": "Apple engineer on developer.apple.com/forums/thread/724930: with range "
@@ -126,8 +127,8 @@ class AneReport:
         """``<stem>.ane_report.json`` and ``.md``; returns {name: path}."""
         json_path = stem.with_name(stem.name + ".ane_report.json")
         md_path = stem.with_name(stem.name + ".ane_report.md")
-        json_path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        md_path.write_text(self.to_markdown())
+        atomic_write_text(json_path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(md_path, self.to_markdown())
         return {json_path.name: json_path, md_path.name: md_path}
 
 

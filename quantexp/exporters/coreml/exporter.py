@@ -52,6 +52,7 @@ from quantexp.exporters.coreml.config import (
     ConvertFrom,
     WeightCompression,
 )
+from quantexp.files import atomic_path
 
 NOT_MEASURED = "Core ML prediction needs macOS"
 OUTPUT_NAME = "logits"
@@ -154,7 +155,8 @@ class CoreMLExporter(Exporter):
             mlmodel = self._compress(mlmodel, compression)
             info["coreml.compress_s"] = time.perf_counter() - converted
         with _quiet():
-            mlmodel.save(str(path))
+            with atomic_path(path, is_dir=True) as tmp:  # an .mlpackage is a directory
+                mlmodel.save(str(tmp))
         saved = time.perf_counter()
         exported = self._load(path, compression, expect_int8=expect_int8, info=info)
         exported.export_time_s = saved - start

@@ -22,6 +22,7 @@ import torch
 
 from quantexp.bench.size import storage_bits
 from quantexp.exporters.base import Exported, Exporter
+from quantexp.files import atomic_write
 from quantexp.runtimes.torch_runtime import TorchRuntime
 
 
@@ -36,10 +37,10 @@ class TorchArtifact(Exporter):
                 device = self.host.device
                 example = tuple(x.to(device) for x in bundle.example_inputs(2))
                 scripted = torch.jit.trace(_on_device(model, device).eval(), example, check_trace=False)
-            torch.jit.save(scripted, str(path))
+            atomic_write(path, lambda f: torch.jit.save(scripted, f))
             fmt, load = "torchscript", lambda: torch.jit.load(str(path))
         except Exception as exc:  # noqa: BLE001 - any tracer failure: fall back, and say why
-            torch.save(model, path)
+            atomic_write(path, lambda f: torch.save(model, f))
             fmt = f"torch.save pickle (trace failed: {type(exc).__name__})"
             # weights_only=False: the artifact is a whole module this run just wrote.
             load = lambda: torch.load(path, weights_only=False)  # noqa: E731

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from quantexp.exporters.base import Exported, Exporter, ExportError
+from quantexp.files import atomic_path
 from quantexp.quant.onnx_graph import describe_graph, onnx_param_bits, silenced_stdio
 from quantexp.runtimes.onnx_runtime import (
     OnnxRuntime,
@@ -140,10 +141,11 @@ def torch_to_onnx(model: nn.Module, example: tuple[torch.Tensor, ...], input_nam
     try:
         with warnings.catch_warnings(), torch.no_grad(), silenced_stdio():
             warnings.simplefilter("ignore")  # tracer / deprecation warnings
-            torch.onnx.export(model.eval(), example, str(path), input_names=list(input_names),
-                              output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False,
-                              do_constant_folding=True,
-                              dynamic_axes={name: {0: "batch"} for name in names})
+            with atomic_path(path) as tmp:
+                torch.onnx.export(model.eval(), example, str(tmp), input_names=list(input_names),
+                                  output_names=[OUTPUT_NAME], opset_version=opset, dynamo=False,
+                                  do_constant_folding=True,
+                                  dynamic_axes={name: {0: "batch"} for name in names})
     except UnsupportedOperatorError as exc:
         match = re.search(r"operator '([^']+)'", str(exc))
         op = match.group(1) if match else _first_line(exc)

@@ -46,6 +46,7 @@ from quantexp.config import ConfigError, Granularity
 from quantexp.exporters.base import Exported, Exporter, ExportError
 from quantexp.exporters.tflite.config import TFLiteQuantization
 from quantexp.exporters.tflite.runtime import LiteRTRuntime
+from quantexp.files import atomic_path
 
 # Unsupported op in litert-torch's lowering (torch 2.13 / litert-torch 0.10 wording).
 _LOWERING = re.compile(r"Lowering not found:\s*(\S+)")
@@ -203,7 +204,8 @@ def convert_to_tflite(model: torch.nn.Module, example: tuple[torch.Tensor, ...],
         try:
             with torch.no_grad():
                 edge = litert_torch.convert(model.eval(), example)
-            edge.export(str(path))
+            with atomic_path(path) as tmp:
+                edge.export(str(tmp))
         except Exception as exc:
             raise ExportError(f"exporter=tflite cannot convert {what}: {conversion_reason(exc)}"
                               f" [litert-torch {_version('litert-torch')}]") from exc

@@ -22,6 +22,7 @@ sum in range (255*63*2 = 32130). VNNI (VPDPBUSD) accumulates into int32, so full
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from quantexp.config import ConfigError
+from quantexp.files import atomic_path
 from quantexp.methods.base import QuantizationMethod
 from quantexp.quant.layer_error import summarize
 from quantexp.quant.onnx_graph import describe_graph, iter_nodes, quantized_op, silenced_stdio
@@ -356,10 +358,13 @@ class OrtMethod(QuantizationMethod):
                 present.add("MatMul")  # quantize_dynamic rewrites every Gemm as MatMul + Add
             op_types = self.op_types(bundle.family, present)
             start = time.perf_counter()
+            # staged in the work folder, moved into place once checked (atomic_path): a
+            # reader of out_dir never sees a half-written or refused graph
+            staged = work / out.name
             with silenced_stdio():  # ORT's calibrators and quantizers print progress
-                info = self._quantize(pre, out, op_types, bundle, calibration, work)
+                info = self._quantize(pre, staged, op_types, bundle, calibration, work)
             quantize_s = time.perf_counter() - start
-            quantized = onnx.load(str(out))
+            quantized = onnx.load(str(staged))
             graph = describe_graph(quantized)
             if graph["quantized_nodes"] == 0:
                 raise ConfigError(f"method={self.cfg.name} quantized no node of this model "
@@ -393,7 +398,9 @@ class OrtMethod(QuantizationMethod):
                     if self.kind == "dynamic" and "MatMul" in targets:
                         targets.add("Gemm")  # quantized as MatMul (see op_types)
                     runtime = getattr(fp32, "runtime", None)
-                    info.update(layer_error(pre, out, calibration, targets, self.cfg.layer_error_items,
+                    info.update(layer_error(pre, staged, calibration, targets, self.cfg.layer_error_items,
                                             self.host.threads,
                                             getattr(runtime, "graph_optimization", "all")))
+            with atomic_path(out) as tmp:
+                shutil.move(staged, tmp)  # the work folder may be on another filesystem
         return out, info

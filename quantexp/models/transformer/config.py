@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Optional
+from typing import ClassVar, Dict, Optional
 
 from omegaconf import MISSING
 
@@ -22,6 +22,9 @@ class TransformerConfig(ModelConfig):
     path: str = MISSING
     # Expected sha256 of the weights file (model.safetensors); null skips the check.
     sha256: Optional[str] = None
+    # Expected sha256 of every file that defines the model besides the weights (config,
+    # tokenizer files), by file name; a defining file not listed is refused. null: unchecked.
+    files_sha256: Optional[Dict[str, str]] = None
     max_length: int = 64
     head_epochs: int = 30
 

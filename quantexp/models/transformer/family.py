@@ -1,7 +1,8 @@
 """The transformer family: a local pretrained text encoder + a linear head.
 
 Owns: resolving ``model.path`` (a directory, or ``package:<module>/<subdir>`` inside
-an installed package), the sha256 check of ``model.safetensors``, tokenisation,
+an installed package), the sha256 checks of every file that defines the model
+(weights, config, tokenizer: ``model.sha256``, ``model.files_sha256``), tokenisation,
 ``TextClassifier`` (masked mean pooling + linear head), and head-only training on
 features of the frozen encoder. transformers is imported inside functions so that
 importing ``quantexp.models`` stays light.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -26,6 +27,10 @@ from quantexp.models.transformer.config import TransformerConfig
 
 PACKAGE_PREFIX = "package:"
 WEIGHTS_FILE = "model.safetensors"
+# Besides the weights, the files transformers reads to build the encoder and tokenizer.
+DEFINING_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                  "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                  "sentencepiece.bpe.model", "tokenizer.model")
 
 
 class ModelSourceError(ConfigError):
@@ -62,21 +67,47 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(directory: Path, expected: str) -> str:
-    weights = directory / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelSourceError(f"model.sha256 is set but {directory} has no {WEIGHTS_FILE} to check")
-    actual = sha256_file(weights)
-    if actual != expected.strip().lower():
-        raise ModelSourceError(f"sha256 mismatch for {weights}: expected {expected}, got {actual}")
-    return actual
+def defining_files(directory: Path) -> tuple[list[Path], list[Path]]:
+    """(weights files, every other file that changes what AutoModel/AutoTokenizer load).
+    README, .gitattributes and sentence-transformers' pooling files are not among them:
+    TextClassifier pools by itself."""
+    weights = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    others = [directory / name for name in DEFINING_FILES if (directory / name).is_file()]
+    return weights, others
 
 
-def weights_fingerprint(directory: Path) -> dict[str, str]:
-    """sha256 of every weights file, so cached heads are never reused on top of an
-    encoder whose files changed (``model.sha256`` may be null for user models)."""
-    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
-    return {f.name: sha256_file(f) for f in files}
+def verify_sha256(directory: Path, expected: str | None, expected_files: Mapping[str, str] | None,
+                  found_weights: Mapping[str, str], found: Mapping[str, str]) -> None:
+    """``model.sha256`` (the weights file) and ``model.files_sha256`` (every other
+    defining file, by name) against the hashes found in ``directory``; one line names
+    the first file that differs, is missing, or is present but not listed."""
+    found_files, found = found, {**found_weights, **found}
+    if expected:
+        if WEIGHTS_FILE not in found:
+            raise ModelSourceError(f"model.sha256 is set but {directory} has no {WEIGHTS_FILE} to check")
+        if found[WEIGHTS_FILE] != expected.strip().lower():
+            raise ModelSourceError(f"sha256 mismatch for {directory / WEIGHTS_FILE}: expected {expected}, "
+                                   f"got {found[WEIGHTS_FILE]}")
+    if expected_files:
+        for name, digest in expected_files.items():
+            if name not in found:
+                raise ModelSourceError(f"model.files_sha256 lists {name} but {directory} has no such file")
+            if found[name] != str(digest).strip().lower():
+                raise ModelSourceError(f"sha256 mismatch for {directory / name}: expected {digest}, "
+                                       f"got {found[name]} (model.files_sha256)")
+        unlisted = sorted(set(found_files) - set(expected_files))
+        if unlisted:
+            raise ModelSourceError(f"{directory} has {', '.join(unlisted)}, which model.files_sha256 "
+                                   "does not list: the model it defines is not the one that was checked")
+
+
+def files_fingerprint(directory: Path) -> dict[str, dict[str, str]]:
+    """sha256 of every defining file, so cached heads are never reused on top of an
+    encoder whose weights, config or tokenizer changed (``model.sha256`` may be null
+    for user models). Weights and the rest in two keys; results.json carries both."""
+    weights, others = defining_files(directory)
+    return {"weights_sha256": {f.name: sha256_file(f) for f in weights},
+            "files_sha256": {f.name: sha256_file(f) for f in others}}
 
 
 # ------------------------------------------------------------------ network
@@ -117,9 +148,9 @@ class TransformerFamily:
         check_kind(cfg.dataset, self.family, self.kind)  # before the slow part
         self.cfg = cfg
         self.directory = resolve_path(cfg.path)
-        if cfg.sha256:
-            verify_sha256(self.directory, cfg.sha256)
-        self._fingerprint = weights_fingerprint(self.directory)
+        self._fingerprint = files_fingerprint(self.directory)
+        verify_sha256(self.directory, cfg.sha256, cfg.files_sha256,
+                      self._fingerprint["weights_sha256"], self._fingerprint["files_sha256"])
         from transformers import AutoTokenizer
 
         try:
@@ -163,4 +194,4 @@ class TransformerFamily:
         return model.head
 
     def fingerprint(self) -> dict:
-        return {"weights_sha256": self._fingerprint}
+        return self._fingerprint
