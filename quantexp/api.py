@@ -48,7 +48,7 @@ def register() -> None:
     register_resolvers()
     if not OmegaConf.has_resolver("quantexp.pid"):
         # hydra.run.dir ends with it: runs started in the same second get their own folders
-        OmegaConf.register_new_resolver("quantexp.pid", os.getpid)
+        OmegaConf.register_resolver("quantexp.pid", os.getpid)
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
