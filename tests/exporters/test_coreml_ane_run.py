@@ -1,4 +1,4 @@
-"""``python run.py method=ptq_static hardware=ane`` as a user runs it (a subprocess),
+"""``python run.py method=ptq_static hardware=ane`` (through the Python API, in-process),
 on tiny CNN settings: the validated .mlpackage, the ANE report (file and MLflow
 artifact), and accuracy/latency marked not measured on a non-macOS host; plus the
 up-front refusal of an exporter the ANE cannot use."""
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.run_api import run_api
 from tests.run_py import run_py
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,11 +20,9 @@ NOT_MEASURED = "not measured on this host: Core ML prediction needs macOS"
 
 
 @pytest.mark.skipif(sys.platform == "darwin", reason="checks what a non-macOS host records")
-def test_ptq_static_on_ane_end_to_end(tmp_path):
-    proc = run_py(["method=ptq_static", "hardware=ane", *TINY], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert NOT_MEASURED in proc.stdout
-    data = json.loads((tmp_path / "run" / "results.json").read_text())
+def test_ptq_static_on_ane_end_to_end(tmp_path, capsys):
+    data = run_api(["method=ptq_static", "hardware=ane", *TINY], tmp_path)
+    assert NOT_MEASURED in capsys.readouterr().out  # the summary says so
     assert data["config"]["exporter"]["name"] == "coreml"
     for metric in ("ptq_static.accuracy", "ptq_static.latency", "fp32.accuracy", "fp32.latency"):
         assert data["not_measured"][metric] == NOT_MEASURED

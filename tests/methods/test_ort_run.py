@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.run_api import run_api
 from tests.run_py import run_py
 
 TINY = ["model=cnn", "model.n_train=500", "model.epochs=2", "model.lr=0.003", "+debug=tiny",
@@ -84,9 +85,7 @@ def test_cnn_fp32_ort_dynamic_ort_static_in_onnxruntime(shared):
 
 def test_ptq_static_exports_real_qdq_int8(shared):
     tmp = shared / "ptq_static"
-    proc = run_py(["method=ptq_static", "exporter=onnx", *TINY], tmp, cache=shared / "cache")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads((tmp / "run" / "results.json").read_text())
+    data = run_api(["method=ptq_static", "exporter=onnx", *TINY], tmp, cache=shared / "cache")
     int8, fp32 = data["candidates"]["ptq_static"], data["candidates"]["fp32"]
     assert int8["runtime"] == fp32["runtime"] == "onnxruntime"
     assert int8["export.quantized_nodes"] > 0 and fp32["export.quantized_nodes"] == 0

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.cli.test_run_py import ROOT, TINY, run_py, store
+from tests.run_api import run_api
 
 QAT_TINY = ["model=cnn", "model.n_train=300", "model.epochs=1", "method.epochs=1", "method.log_every=1",
             *TINY]
@@ -45,10 +46,11 @@ def test_qat_run_logs_epochs_and_deploys_the_converted_model(tmp_path):
 
 
 def test_diverging_training_fails_the_run_and_keeps_its_metrics(tmp_path):
-    proc = run_py(["method=qat", "precision=w4a8", *QAT_TINY, "method.lr=1e30", "method.lr_schedule=constant"],
-                  tmp_path)
-    assert proc.returncode != 0
-    assert "QAT training diverged: loss is" in proc.stderr
+    from quantexp.methods.qat.fake_quant import QATDiverged
+
+    with pytest.raises(QATDiverged, match="QAT training diverged: loss is"):
+        run_api(["method=qat", "precision=w4a8", *QAT_TINY, "method.lr=1e30", "method.lr_schedule=constant"],
+                tmp_path)
     client, runs = store(tmp_path)
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     assert runs[0].data.tags["error"].startswith("QATDiverged: QAT training diverged")
@@ -75,9 +77,7 @@ def test_bad_qat_configs_refused_before_any_model_loads(tmp_path, args, message)
 def test_qat_on_ane_end_to_end(tmp_path):
     """The example users quote: `python run.py method=qat hardware=ane`, on Linux. The
     Core ML package is written; accuracy/latency are 'not measured on this host'."""
-    proc = run_py(["method=qat", "hardware=ane", *QAT_TINY], tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    data = json.loads((tmp_path / "run" / "results.json").read_text())
+    data = run_api(["method=qat", "hardware=ane", *QAT_TINY], tmp_path)
     assert data["method"]["name"] == "qat" and data["method"]["path"] == "fx_qat"
     assert Path(data["candidates"]["qat"]["artifact"]).exists()
     if data["candidates"]["qat"]["accuracy"] is None:
