@@ -37,6 +37,7 @@ CHECK_FLAGS = ("--check", "--dry-run")
 COMMANDS = {
     "run": "run one experiment, or a sweep with -m (what `python run.py` does)",
     "check": "validate a configuration without running it (`python run.py --check`)",
+    "report": "compare runs: table, Pareto fronts, report.html (`quantexp report --help`)",
 }
 
 
@@ -179,6 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; valid commands: {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
+    if command == "report":
+        from quantexp.report.command import main as report
+
+        sys.exit(report(rest))
     if command == "check":
         command, rest = "run", ["--check", *rest]
     sys.argv = [f"quantexp {command}", *rest]

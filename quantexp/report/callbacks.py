@@ -1,5 +1,10 @@
 """Sweep callbacks that report across the jobs of a Hydra multirun.
 
+``ReportCallback`` writes the cross-run report (comparison table, Pareto fronts,
+report.html, CSV/Markdown, PNGs; quantexp.report.build) into the sweep folder at the
+end of every multirun, prints the table, and logs the files to the sweep's MLflow
+parent run under ``report/``.
+
 ``PtqVsQatCallback`` (named in conf/config.yaml under hydra.callbacks, after the
 MLflow one) writes ptq_static vs qat/qat_finetune side by side when the sweep ran
 them, into the sweep folder and onto the sweep's MLflow parent run. Hydra calls
@@ -11,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from hydra.experimental.callback import Callback
@@ -20,6 +26,43 @@ from quantexp.tracking import PARENT_RUN_ENV, PARENT_RUN_FILE
 from quantexp.tracking.callbacks import project_root_of, sweep_dir_of
 
 log = logging.getLogger(__name__)
+
+
+def _parent_client(config: DictConfig, sweep_dir):
+    """(client, parent run id) of the sweep's MLflow parent run, or (None, None)."""
+    parent = os.environ.get(PARENT_RUN_ENV)
+    if parent is None and (sweep_dir / PARENT_RUN_FILE).is_file():
+        parent = (sweep_dir / PARENT_RUN_FILE).read_text().strip() or None
+    if parent is None or not OmegaConf.select(config, "tracking.enabled", default=True):
+        return None, None
+    from quantexp.tracking.store import open_client
+
+    client, _ = open_client(OmegaConf.select(config, "tracking.uri", default=None), project_root_of(config),
+                            OmegaConf.select(config, "tracking.experiment", default="quantexp"))
+    return client, parent
+
+
+class ReportCallback(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from rich.console import Console
+
+        from quantexp.report.build import write_report
+        from quantexp.report.sweeps import read_sweep
+
+        sweep_dir = sweep_dir_of(config)
+        try:
+            results = read_sweep(sweep_dir)
+            if not results:
+                log.warning("no report for sweep %s: no job wrote results.json", sweep_dir)
+                return
+            console = Console(width=None if sys.stdout.isatty() else 220)
+            _, files = write_report(results, sweep_dir, f"sweep {sweep_dir}", console=console)
+            client, parent = _parent_client(config, sweep_dir)
+            if client is not None:
+                for path in files.values():
+                    client.log_artifact(parent, str(path), "report")
+        except Exception as exc:  # noqa: BLE001 - reporting must never stop the sweep
+            log.warning("no report for sweep %s (%s: %s)", sweep_dir, type(exc).__name__, exc)
 
 
 class PtqVsQatCallback(Callback):

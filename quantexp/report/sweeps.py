@@ -29,10 +29,10 @@ def sweep_param(key: str, values: str) -> str:
 
 def read_sweep(sweep_dir: Path) -> list[Results]:
     """Every job's results, in job order (a failed job wrote none and has no entry)."""
-    return [Results.from_json(p) for p in sorted(sweep_dir.glob("*/results.json"), key=_job_number)]
+    return [Results.from_json(p) for p in sorted(sweep_dir.glob("*/results.json"), key=job_number)]
 
 
-def _job_number(path: Path) -> tuple[int, str]:
+def job_number(path: Path) -> tuple[int, str]:
     # job folders are "<hydra.job.num>_<model>_<method>" (or "<num>"): 10 sorts after 9
     number = path.parent.name.split("_")[0]
     return (int(number) if number.isdigit() else -1, path.parent.name)

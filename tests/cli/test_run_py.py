@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,35 @@ def test_cnn_all_methods_through_the_families_recipe(tmp_path):
     static = json.loads(next((tmp_path / "multirun").glob("*ptq_static/results.json")).read_text())
     assert static["method"]["path"] == "fx_graph_mode"
     assert static["method"]["quantized_layers"] >= 3
+    check_sweep_report(tmp_path, proc)
+
+
+def check_sweep_report(tmp: Path, proc: subprocess.CompletedProcess) -> None:
+    """The report the sweep callback writes at the end of every multirun."""
+    import csv
+
+    sweep = tmp / "multirun"
+    assert "report: " in proc.stdout and "front (lat)" in proc.stdout
+    for name in ("report.html", "comparison.csv", "comparison.md", "pareto_p50.png", "pareto_size.png"):
+        assert (sweep / name).is_file() and (sweep / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((sweep / "comparison.csv").open()))
+    assert sorted(r["method"] for r in rows) == ["fp32", "ptq_dynamic", "ptq_static"]
+    assert any(r["front_size"] == "True" for r in rows) and any(r["front_latency"] == "True" for r in rows)
+    html = (sweep / "report.html").read_text()
+    assert "<script" in html and "cdn.plot.ly" not in html.split("<body>")[0]  # offline: plotly inlined
+    assert (sweep / "report.html").stat().st_size < 5_000_000
+    client, runs = store(tmp)
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/report.html", "report/comparison.csv", "report/comparison.md"} <= logged
+    # the same report from the runs in MLflow, through the command
+    out = tmp / "from_mlflow"
+    again = subprocess.run([sys.executable, "-m", "quantexp", "report", "--experiment", "quantexp",
+                            "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--out", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    from_store = list(csv.DictReader((out / "comparison.csv").open()))
+    assert sorted(map(str, from_store)) == sorted(map(str, rows))  # same runs, same figures
 
 
 def test_lstm_all_methods(tmp_path):

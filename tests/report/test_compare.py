@@ -1,0 +1,81 @@
+"""The cross-run report on real runs (in-process, tiny): rows, CIs, Pareto fronts, the
+files, a Core ML run on Linux shown as "not measured" (never zero, off the fronts), and
+the refusals - no runs, runs on different test sets - as one line and exit code 2."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import quantexp
+from quantexp.report.compare import NOT_MEASURED, ReportError, comparison_rows, to_markdown
+from quantexp.report.html import to_html
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["model=cnn", "model.n_train=300", "model.epochs=1", "+debug=tiny", "method.calibration.size=32",
+        "tracking.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    out = {}
+    for label, overrides in {"dynamic": ["method=ptq_dynamic"], "static": ["method=ptq_static"],
+                             "ane": ["method=fp32", "hardware=ane"]}.items():
+        out[label] = quantexp.run(None, None, *overrides, *TINY, f"cache_dir={tmp / 'cache'}",
+                                  output_dir=tmp / "runs" / label)
+    return tmp, out
+
+
+def test_rows_carry_cis_and_the_fronts(runs):
+    _, r = runs
+    rows = comparison_rows([r["dynamic"], r["static"]])
+    for row in rows:
+        assert row.accuracy_ci_low_pct <= row.accuracy_pct <= row.accuracy_ci_high_pct
+        assert row.drop_ci_low_pts <= row.drop_pts <= row.drop_ci_high_pts
+        assert row.p50_ms > 0 and row.size_mb > 0 and row.exporter == "none" and row.hardware == "cpu"
+    assert any(row.front_latency for row in rows) and any(row.front_size for row in rows)
+    smaller = min(rows, key=lambda row: row.size_mb)
+    assert smaller.front_size or smaller.drop_pts > max(row.drop_pts for row in rows if row is not smaller)
+
+
+def test_a_run_that_could_not_be_timed_is_not_measured_never_zero(runs):
+    _, r = runs
+    rows = comparison_rows([r["dynamic"], r["ane"]])
+    ane = next(row for row in rows if row.hardware == "ane")
+    assert ane.p50_ms is None and ane.accuracy_pct is None and not ane.front_latency and not ane.front_size
+    assert "not measured on this host" in ane.not_measured
+    assert NOT_MEASURED in to_markdown(rows) and "not measured on this host" in to_html(rows, "t")
+
+
+def test_runs_on_different_test_sets_are_refused(runs):
+    _, r = runs
+    other = copy.deepcopy(r["static"])
+    other.comparison.n_items = 500.0  # the same model evaluated on another test set
+    with pytest.raises(ReportError, match="different test sets"):
+        comparison_rows([r["dynamic"], other])
+    with pytest.raises(ReportError, match="no runs"):
+        comparison_rows([])
+
+
+def _report(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "quantexp", "report", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+def test_the_command_on_a_folder_and_its_refusals(runs, tmp_path):
+    tmp, _ = runs
+    done = _report(str(tmp / "runs"), "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "ptq_static" in done.stdout and (tmp_path / "out" / "report.html").is_file()
+    for args, message in [((str(tmp_path / "empty"),), "is not a folder"),
+                          ((str(tmp_path),), "no runs to report"),
+                          (("--experiment", "x", "--tracking-uri", f"sqlite:///{tmp_path}/none.db"), "no MLflow store"),
+                          ((str(tmp), "--runs", "abc"), "not both")]:
+        proc = _report(*args)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr[-1500:])
