@@ -40,8 +40,14 @@ def read_mlflow(client, experiment: str | None = None, filter_string: str = "",
         found = client.get_experiment_by_name(experiment or "quantexp")
         if found is None:
             raise ReportError(f"no MLflow experiment named {experiment!r} in this store")
-        runs = client.search_runs([found.experiment_id], filter_string=filter_string,
-                                  run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            runs = client.search_runs([found.experiment_id], filter_string=filter_string,
+                                      run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
+        except MlflowException as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ReportError(f"MLflow cannot search with --filter {filter_string!r}: {reason}") from exc
     out = []
     with tempfile.TemporaryDirectory(prefix="quantexp-report-") as tmp:
         for run in runs:
