@@ -57,7 +57,7 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     from hydra import initialize_config_dir
 
     register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
@@ -74,11 +74,13 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
     """Run the pipeline under an MLflow run (or none when tracking is disabled),
     write config.yaml and results.json into ``output_dir``, print the summary."""
     from quantexp import pipeline
+    from quantexp.preflight import cache_dir_of, preflight
     from quantexp.provenance import git_commit, library_versions
     from quantexp.report.summary import print_summary
 
+    preflight(exp, project_root)  # before any model loads and before the MLflow run opens
     output_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = Path(exp.cache_dir) if exp.cache_dir else project_root / ".cache" / "quantexp"
+    cache_dir = cache_dir_of(exp, project_root)
     config_yaml = OmegaConf.to_yaml(cfg)
     atomic_write_text(output_dir / "config.yaml", config_yaml)
     tags = {"quantexp.git_commit": git_commit(project_root), "quantexp.output_dir": str(output_dir),

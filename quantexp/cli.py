@@ -106,6 +106,7 @@ def run_main(argv: list[str] | None = None) -> None:
         args.append(f"hydra.run.dir={check_dir}")
     if _shows_resolved_hydra_cfg(args):
         _resolve_hydra_cfg_in_full_config()
+    _refuse_what_hydra_cannot_compose(args)
     sys.argv = [sys.argv[0], *args]
     try:
         status = hydra_app()
@@ -116,6 +117,34 @@ def run_main(argv: list[str] | None = None) -> None:
     from quantexp.search import EXIT
 
     sys.exit(status or EXIT.code)
+
+
+def _refuse_what_hydra_cannot_compose(args: list[str]) -> None:
+    """A single run whose overrides Hydra cannot compose (an unknown option, a value of
+    the wrong type, a bad override) ends with one line and exit code 2, not Hydra's
+    multi-line report and exit 1. Composed here with Hydra's own compose API, so the
+    message is Hydra's. Command lines with flags (-m, --help, --cfg, ...) go to Hydra
+    untouched: a sweep's jobs are refused one by one and the sweep goes on."""
+    if any(a.startswith("-") for a in args):
+        return
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from quantexp.api import compose
+
+    try:
+        compose(args)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        reason = lines[0]
+        if "Available options" in str(exc):  # an unknown group option: list the valid ones
+            options = [line for line in lines[1:] if line and " " not in line]
+            reason += f" (options: {', '.join(options)})" if options else ""
+        elif exc.__cause__ is not None and str(exc.__cause__).strip():
+            # "Error merging override model.hidden=abc" + why: "Value 'abc' ... not be converted"
+            reason += f": {str(exc.__cause__).strip().splitlines()[0]}"
+        print(f"error: {reason}", file=sys.stderr)
+        sys.exit(EXIT_BAD_CONFIG)
 
 
 def _shows_resolved_hydra_cfg(args: list[str]) -> bool:

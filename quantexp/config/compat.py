@@ -10,6 +10,7 @@ method; ``hardware`` of an exporter) and lets each run its own cross-group rules
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from enum import Enum
 from typing import Any
 
@@ -61,11 +62,31 @@ def resolve(exp: ExperimentConfig, resolved: dict[str, dict[str, Any]]) -> Exper
     return dataclasses.replace(exp, **groups) if groups else exp
 
 
+def refuse_unknown_keys(node: DictConfig, prefix: str = "") -> None:
+    """A key that no schema field holds is refused, with the nearest valid key. Hydra's
+    ``+key=value`` adds keys even to a structured config, and ``OmegaConf.to_object``
+    keeps them silently: ``+model.epoch=10`` (for ``epochs``) would run and be ignored."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return
+    valid = [f.name for f in dataclasses.fields(schema)]
+    for key in node.keys():
+        name = f"{prefix}{key}"
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"unknown config key {name!r}{hint}")
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            refuse_unknown_keys(child, f"{name}.")
+
+
 def build(cfg: DictConfig) -> ExperimentConfig:
     """Composed DictConfig -> validated ExperimentConfig (raises ConfigError)."""
     for group in ("model", "method", "precision", "hardware", "exporter"):
         if OmegaConf.get_type(cfg, group) is dict:
             raise ConfigError(f"config group {group!r} is not built on a /schema/{group} schema")
+    refuse_unknown_keys(cfg)
     try:
         exp = OmegaConf.to_object(cfg)
     except ConfigError:  # a schema's own __post_init__ validation

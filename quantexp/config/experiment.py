@@ -9,7 +9,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from quantexp.config.enums import MIXED_DTYPES, DType
-from quantexp.config.errors import ConfigError, require_positive
+from quantexp.config.errors import ConfigError, require_positive, require_safe_name
 
 
 @dataclass
@@ -63,6 +63,9 @@ class EvalConfig:
         require_positive(self, "batch_size", "bootstrap", prefix="eval")
         if not 0.5 <= self.confidence < 1.0:
             raise ConfigError(f"eval.confidence must be in [0.5, 1), got {self.confidence}")
+        if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop <= 100:
+            raise ConfigError(f"eval.max_accuracy_drop is in points and must be in [0, 100] or null, "
+                              f"got {self.max_accuracy_drop}")
 
 
 @dataclass
@@ -72,6 +75,25 @@ class TrackingConfig:
     experiment: str = "quantexp"
     enabled: bool = True
     log_model: bool = True
+
+    def validate(self) -> None:
+        """The URI's shape and the experiment name; whether the store opens is checked
+        by the pre-flight (quantexp.preflight) before any model loads."""
+        if not self.experiment or not self.experiment.strip():
+            raise ConfigError("tracking.experiment must be a non-empty name")
+        if self.uri is not None:
+            # "postgresql+psycopg2://" is SQLAlchemy's dialect+driver form of "postgresql://"
+            scheme = self.uri.split(":", 1)[0].split("+")[0].lower() if ":" in self.uri else ""
+            if scheme not in TRACKING_SCHEMES:
+                raise ConfigError(f"tracking.uri={self.uri!r} is not an MLflow tracking URI; use one of "
+                                  f"{', '.join(s + '://' for s in TRACKING_SCHEMES)} (or null for the project's sqlite store)")
+            if scheme == "sqlite" and not self.uri.lower().startswith("sqlite:///"):
+                raise ConfigError(f"tracking.uri={self.uri!r}: a sqlite URI is sqlite:///<path>")
+
+
+SEED_MAX = 2**32 - 1
+# Store schemes MLflow's client accepts as a tracking URI (databricks: a workspace profile)
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
 
 
 # Objective names run.py can return: accuracy (0-1), accuracy_drop (points vs fp32),
@@ -122,6 +144,12 @@ class ExperimentConfig:
         """Every rule, the cross-group ones included; returns what the compatibility
         check resolved ({group: {field: value}}), which ``build`` applies."""
         from quantexp.config.compat import check_compatibility
+
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"seed must be in [0, {SEED_MAX}] (numpy and torch take 32-bit seeds), got {self.seed}")
+        for group in ("method", "precision", "hardware", "exporter"):
+            require_safe_name(getattr(self, group).name, f"{group}.name")
+        self.tracking.validate()
 
         for part in (self.model, self.method, self.precision, self.hardware, self.exporter,
                      self.bench, self.eval):

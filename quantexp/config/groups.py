@@ -11,6 +11,7 @@ ClassVars say what a method or exporter accepts; the compatibility check
 
 from __future__ import annotations
 
+import os
 from dataclasses import MISSING as NO_DEFAULT
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional
 from omegaconf import MISSING
 
 from quantexp.config.enums import DTYPE_BITS, DType, Family, Granularity, Observer
-from quantexp.config.errors import ConfigError, require_positive
+from quantexp.config.errors import ConfigError, require_finite_positive, require_positive, require_safe_name
 
 if TYPE_CHECKING:
     from quantexp.config.experiment import ExperimentConfig
@@ -74,15 +75,21 @@ class ModelConfig(_Schema):
     test_fraction: float = 0.2
 
     def validate(self) -> None:
+        require_safe_name(self.name, "model.name")
         require_positive(self, "epochs", "batch_size")
-        if self.lr <= 0:
-            raise ConfigError(f"model.lr must be > 0, got {self.lr}")
+        require_finite_positive(self.lr, "model.lr")
         for key in ("n_train", "n_test"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"model.{key} must be >= 1 or null, got {value}")
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"model.test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+def max_threads() -> int:
+    """The most intra-op threads a run may ask for: 4x the cores (beyond that a run
+    measures the scheduler, not the model; 999 on 2 cores started 2,000 OS threads)."""
+    return 4 * (os.cpu_count() or 1)
 
 
 # ------------------------------------------------------------------- methods
@@ -151,8 +158,9 @@ class HardwareConfig(_Schema):
     dtype: Optional[DType] = None
 
     def validate(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"hardware.threads must be >= 1 or null, got {self.threads}")
+        if self.threads is not None and not 1 <= self.threads <= max_threads():
+            raise ConfigError(f"hardware.threads must be in [1, {max_threads()}] (4x this host's "
+                              f"{os.cpu_count()} cores) or null, got {self.threads}")
         if self.dtype is not None and (self.device != "mps" or self.dtype not in MPS_DTYPES):
             raise ConfigError(f"hardware.dtype={self.dtype.value} is not supported on "
                               f"hardware={self.name}; valid: null, or fp16|bf16 on hardware=mps")

@@ -78,7 +78,8 @@ def register_configs() -> None:
     """Put every schema in Hydra's ConfigStore (idempotent): ``experiment_schema``
     and ``schema/<group>/<name>`` for the yaml files' defaults lists."""
     cs = ConfigStore.instance()
-    cs.store(name="experiment_schema", node=ExperimentConfig)
+    # replace=True: registering again (every quantexp.compose call) is a no-op, not a warning
+    cs.store(name="experiment_schema", node=ExperimentConfig, replace=True)
     for group, kinds in all_schemas().items():
         for kind, schema in kinds.items():
-            cs.store(group=f"schema/{group}", name=kind, node=schema)
+            cs.store(group=f"schema/{group}", name=kind, node=schema, replace=True)

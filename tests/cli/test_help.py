@@ -89,22 +89,22 @@ def test_quantexp_command_lists_its_subcommands(tmp_path):
     proc = run(["--help"], tmp_path, script=["-c", QUANTEXP])
     assert proc.returncode == 0, proc.stderr
     commands = re.findall(r"^  (\w+) +(\S.*)$", proc.stdout, re.MULTILINE)
-    assert [name for name, _ in commands] == ["run", "check"]
+    assert [name for name, _ in commands] == ["run", "check", "report"]
 
 
 def test_quantexp_refuses_an_unknown_subcommand_in_one_line(tmp_path):
     proc = run(["frobnicate", "model=cnn"], tmp_path, script=["-c", QUANTEXP])
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown command 'frobnicate'; valid commands: run, check"]
+        "error: unknown command 'frobnicate'; valid commands: run, check, report"]
 
 
 def test_cfg_hydra_resolve(tmp_path):
-    """hydra.run.dir (outputs/<date>/<time>_${model.name}_${method.name}) refers to the job
+    """hydra.run.dir (outputs/<date>/<time>_${model.name}_${method.name}_<pid>) refers to the job
     config, which Hydra's own --cfg hydra drops before resolving."""
     proc = run(["--cfg", "hydra", "--resolve"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert re.search(r"^    dir: outputs/\S+_cnn_ptq_static$", proc.stdout, re.MULTILINE)
+    assert re.search(r"^    dir: outputs/\S+_cnn_ptq_static_\d+$", proc.stdout, re.MULTILINE)
     assert "${" not in proc.stdout
     # The template of --help is not part of --cfg hydra.
     assert "config_groups" not in proc.stdout
@@ -119,5 +119,5 @@ def test_cfg_hydra_resolve_with_the_precision_search(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "n_trials: 7\n" in proc.stdout  # a new study still needs every trial
     assert "study_name: mixed_cnn\n" in proc.stdout
-    assert re.search(r"^    dir: outputs/\S+_cnn_mixed$", proc.stdout, re.MULTILINE)
+    assert re.search(r"^    dir: outputs/\S+_cnn_mixed_\d+$", proc.stdout, re.MULTILINE)
     assert "${" not in proc.stdout

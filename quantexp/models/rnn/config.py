@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from quantexp.config import Family, ModelConfig
+from quantexp.config import Family, ModelConfig, require_positive
 
 
 @dataclass
@@ -14,3 +14,7 @@ class RNNConfig(ModelConfig):
     implementation: ClassVar[str] = "quantexp.models.rnn.family:RNNFamily"
     hidden: int = 64
     layers: int = 1
+
+    def validate(self) -> None:
+        super().validate()
+        require_positive(self, "hidden", "layers")

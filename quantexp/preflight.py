@@ -1,0 +1,106 @@
+"""Pre-flight: what can be checked about a validated experiment before any model loads
+and before an MLflow run is opened, beyond the schemas - the cache folder can be
+written, the MLflow sqlite store (when there is one) is a readable MLflow store, a
+model directory exists and holds its files, the calibration set fits in the training
+split, a manual mixed-precision assignment names layers the model has. Each failure is
+one ``ConfigError`` line.
+
+Cheap on purpose (no training, no network): it runs at the start of every run. Only a
+manual ``method.assignment`` builds the (untrained) architecture to learn its layer names.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from quantexp.config import ConfigError, ExperimentConfig
+
+
+def cache_dir_of(exp: ExperimentConfig, project_root: Path) -> Path:
+    return Path(exp.cache_dir).expanduser() if exp.cache_dir else project_root / ".cache" / "quantexp"
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Create ``folder`` if needed and write a scratch file in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{key}={folder} cannot be written: {exc.strerror or exc}") from exc
+
+
+def check_sqlite_store(uri: str) -> None:
+    """A sqlite MLflow store that exists must open and hold MLflow's tables; read-only,
+    so nothing is created or migrated here (a new file is made by the first run)."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"the MLflow store {path} is not a readable sqlite database ({exc}); move it "
+                          "aside or set tracking.uri to another store") from exc
+    if tables and not {"alembic_version", "runs", "experiments"} <= tables:
+        raise ConfigError(f"{path} is a sqlite database but not an MLflow store (no runs/experiments "
+                          "tables); set tracking.uri to another file")
+
+
+def train_items(model) -> int:
+    """Size of the training split ``make_splits`` will draw: the stratified split puts
+    ceil(test_fraction * n) items in the test set (scikit-learn), then n_train caps it."""
+    from quantexp.models.datasets import load_raw
+
+    n = len(load_raw(model.dataset).labels)
+    train = n - math.ceil(model.test_fraction * n)
+    return min(train, model.n_train) if model.n_train else train
+
+
+def check_calibration(exp: ExperimentConfig) -> None:
+    from quantexp.methods import get_method
+
+    if not get_method(exp.method.name).needs_calibration:
+        return
+    size, available = exp.method.calibration.size, train_items(exp.model)
+    if size > available:
+        raise ConfigError(f"method.calibration.size={size} is larger than the training set "
+                          f"({available} items); choose at most {available}")
+
+
+def check_assignment(exp: ExperimentConfig) -> None:
+    assignment = getattr(exp.method, "assignment", None)
+    if not assignment:
+        return
+    from quantexp.models.training import seeded
+    from quantexp.models.zoo import family_builder
+    from quantexp.quant.mixed_layers import assignable_layers, validate_assignment
+
+    builder = family_builder(exp.model)
+    _, _, raw = builder.data()
+    module = seeded(exp.seed, lambda: builder.build(raw.num_classes))  # the architecture, untrained
+    validate_assignment(assignable_layers(module), assignment)
+
+
+def preflight(exp: ExperimentConfig, project_root: Path) -> None:
+    check_writable(cache_dir_of(exp, project_root), "cache_dir")
+    if exp.tracking.enabled:
+        from quantexp.tracking.store import resolve_tracking_uri
+
+        check_sqlite_store(resolve_tracking_uri(exp.tracking.uri, project_root))
+    path = getattr(exp.model, "path", None)
+    if isinstance(path, str):
+        from quantexp.models.transformer.family import resolve_path
+
+        resolve_path(path)  # the directory, its config.json (ModelSourceError is a ConfigError)
+    check_calibration(exp)
+    check_assignment(exp)
+
+
+__all__ = ["cache_dir_of", "check_assignment", "check_calibration", "check_sqlite_store", "check_writable",
+           "preflight", "train_items"]
