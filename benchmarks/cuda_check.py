@@ -3,6 +3,7 @@ fp32 and bitsandbytes (LLM.int8, NF4 with and without double quantization) throu
 ``run.py hardware=cuda`` for each model, summarised from results.json.
 
     python benchmarks/cuda_check.py [--models cnn,lstm] [--out DIR]
+    PYTHONPATH=. python benchmarks/cuda_check.py     # a GPU host where quantexp is not installed
 
 MLflow tracking is switched off (``tracking.enabled=false``) so that the script runs on
 a GPU host without an MLflow store; everything else is the path a user runs.
@@ -11,7 +12,6 @@ a GPU host without an MLflow store; everything else is the path a user runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -20,8 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from quantexp.results import Results
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 VARIANTS = {  # label -> run.py overrides
     "fp32": ["method=fp32"],
@@ -63,7 +64,7 @@ def timing_sanity(batch_size: int, iters: int = 100) -> None:
           f"{statistics.median(synced):.4f}, host clock without synchronize {statistics.median(unsynced):.4f}")
 
 
-def run(model: str, overrides: list[str], out: Path) -> dict | str:
+def run(model: str, overrides: list[str], out: Path) -> Results | str:
     run_dir = out / f"{model}_{'_'.join(o.replace('=', '-') for o in overrides)}"
     args = [sys.executable, str(ROOT / "run.py"), f"model={model}", *overrides, "hardware=cuda",
             "tracking.enabled=false", f"cache_dir={out}/cache", f"hydra.run.dir={run_dir}"]
@@ -74,8 +75,8 @@ def run(model: str, overrides: list[str], out: Path) -> dict | str:
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
-    results = json.loads((run_dir / "results.json").read_text())
-    results["wall_s"] = time.perf_counter() - start
+    results = Results.from_json(run_dir / "results.json")
+    results.extra["wall_s"] = time.perf_counter() - start
     return results
 
 
@@ -85,6 +86,11 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():  # one line, not a traceback: nothing here can be measured
+        print("not measured on this host: no CUDA device (torch.cuda.is_available() is False)")
+        return
     out = args.out or Path(tempfile.mkdtemp(prefix="quantexp-cuda-"))
     for batch_size in (16, 4096):  # launch-bound, then compute-bound
         timing_sanity(batch_size)
@@ -98,17 +104,16 @@ def main() -> None:
             if isinstance(r, str):
                 lines.append(f"{model:6} {label:11} FAILED: {r}")
                 continue
-            host = r["host"]["accelerator"]
-            c, name = r["comparison"], r["method"]["name"]
-            cand = r["candidates"][name]
-            fp32 = r["candidates"].get("fp32", cand)
+            host = r.host["accelerator"]
+            c, cand = r.comparison, r.candidate
+            fp32 = r.reference or cand
             lines.append(
-                f"{model:6} {label:11} {100 * c['accuracy']:6.2f} "
-                f"{100 * c['accuracy_delta']:+5.2f} [{100 * c['accuracy_delta_ci_low']:+5.2f},"
-                f"{100 * c['accuracy_delta_ci_high']:+5.2f}] {100 * c['agreement_fp32']:7.2f} "
-                f"{cand['latency']['p50_ms']:7.3f} {fp32['latency']['p50_ms']:8.3f} "
-                f"{c.get('speedup_p50', 1.0):7.2f}x {cand['peak_gpu_mb']:7.1f} "
-                f"{cand['size_bytes'] / 1e6:8.3f} {cand['bits_per_param']:6.2f} {r['wall_s']:6.1f}")
+                f"{model:6} {label:11} {100 * c.accuracy:6.2f} "
+                f"{100 * c.accuracy_delta:+5.2f} [{100 * c.accuracy_delta_ci_low:+5.2f},"
+                f"{100 * c.accuracy_delta_ci_high:+5.2f}] {100 * c.agreement_fp32:7.2f} "
+                f"{cand.latency.p50_ms:7.3f} {fp32.latency.p50_ms:8.3f} "
+                f"{r.speedup or 1.0:7.2f}x {cand.peak_gpu_mb:7.1f} "
+                f"{cand.size_bytes / 1e6:8.3f} {cand.bits_per_param:6.2f} {r.extra['wall_s']:6.1f}")
             print(lines[-1], flush=True)
     print(f"\n{host}; latency: CUDA events, default bench settings (batch 16); speed-up vs the "
           "same run's fp32 on the GPU")
