@@ -43,6 +43,14 @@ def test_rows_carry_cis_and_the_fronts(runs):
     assert smaller.front_size or smaller.drop_pts > max(row.drop_pts for row in rows if row is not smaller)
 
 
+def test_the_accuracy_interval_is_scipys_wilson_interval(runs):
+    from scipy.stats import binomtest
+
+    row = comparison_rows([runs[1]["dynamic"]])[0]
+    ci = binomtest(round(row.accuracy_pct * row.n_items / 100), row.n_items).proportion_ci(method="wilson")
+    assert (row.accuracy_ci_low_pct, row.accuracy_ci_high_pct) == pytest.approx((100 * ci.low, 100 * ci.high))
+
+
 def test_a_run_that_could_not_be_timed_is_not_measured_never_zero(runs):
     _, r = runs
     rows = comparison_rows([r["dynamic"], r["ane"]])
