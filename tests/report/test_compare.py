@@ -5,6 +5,7 @@ the refusals - no runs, runs on different test sets - as one line and exit code 
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,43 @@ def test_the_command_on_a_folder_and_its_refusals(runs, tmp_path):
         proc = _report(*args)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (args, proc.stderr[-1500:])
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium (.ci/run installs it)")
+def test_the_html_report_in_a_real_browser(runs, tmp_path):
+    """Headless Chromium (Debian's, driven by Playwright) opens report.html offline: no
+    console errors, every placed run drawn on both charts, the front drawn; the
+    screenshot is kept in test-artifacts/."""
+    from playwright.sync_api import sync_playwright
+
+    from quantexp.report.build import write_report
+
+    rows, files = write_report([runs[1]["dynamic"], runs[1]["static"], runs[1]["ane"]], tmp_path, "browser test")
+    placed = sum(row.p50_ms is not None and row.drop_pts is not None for row in rows)
+    assert files["report.html"].stat().st_size < 5_000_000
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        page = browser.new_page()
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.route("http*://**", lambda route: route.abort())  # offline: any fetch would fail loudly
+        page.goto(files["report.html"].as_uri())
+        page.wait_for_selector("body[data-charts=drawn]", timeout=60_000)
+        points = page.evaluate("document.querySelectorAll('#charts .scatterlayer .trace .point').length")
+        fronts = page.evaluate("[...document.querySelectorAll('#charts .legendtext')].map(e => e.textContent)")
+        page.fill("#filter", "ptq_static")
+        visible = page.evaluate("[...document.querySelectorAll('#runs tbody tr')].filter(r => r.style.display !== 'none').length")
+        artifacts = Path(os.environ.get("QUANTEXP_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+        artifacts.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(artifacts / "report.png"), full_page=True)
+        browser.close()
+    assert errors == []
+    assert points == 2 * placed  # one marker per placed run on each chart (the ANE run is not placed)
+    assert "Pareto front" in fronts and visible == 1
