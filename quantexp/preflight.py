@@ -12,6 +12,7 @@ manual ``method.assignment`` builds the (untrained) architecture to learn its la
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import tempfile
 from pathlib import Path
@@ -24,11 +25,20 @@ def cache_dir_of(exp: ExperimentConfig, project_root: Path) -> Path:
 
 
 def check_writable(folder: Path, key: str) -> None:
-    """Create ``folder`` if needed and write a scratch file in it."""
+    """``folder`` can be written, or created: an existing folder gets a scratch file
+    (removed at once); otherwise its nearest existing ancestor must be a writable
+    directory. Nothing is created, so a refused run leaves nothing behind."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={folder} cannot be written: {existing} is not a directory")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        if existing == folder:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
     except OSError as exc:
         raise ConfigError(f"{key}={folder} cannot be written: {exc.strerror or exc}") from exc
 

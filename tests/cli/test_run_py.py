@@ -133,9 +133,13 @@ def test_single_run_writes_results_and_summary(tmp_path):
 
 
 def test_failed_run_is_marked_failed_with_traceback(tmp_path):
-    proc = run_py(["model=hf", f"model.path={tmp_path}/no_such_model", "method=fp32"], tmp_path)
+    # fp32 training that diverges fails after the MLflow run opened (a missing model.path,
+    # this test's former trigger, is now refused by the pre-flight before any run opens)
+    proc = run_py(["model=cnn", "model.n_train=300", "model.epochs=1", "model.lr=1e30", "method=fp32", *TINY],
+                  tmp_path)
     assert proc.returncode == 2
-    assert "no_such_model" in proc.stderr.strip().splitlines()[-1]
+    assert "training diverged" in proc.stderr.strip().splitlines()[-1]
+    assert not list((tmp_path / "cache").rglob("model.pt"))  # a diverged model is never cached
     client, runs = store(tmp_path)
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
     artifacts = [a.path for a in client.list_artifacts(runs[0].info.run_id)]
