@@ -156,25 +156,20 @@ COLUMNS = (  # (header, row attribute, format) for the Markdown table and the te
 )
 
 
-def _accuracy_with_ci(row: Row) -> str:
-    if row.accuracy_pct is None:
+def _with_ci(value: float | None, low: float | None, high: float | None, spec: str, ci_spec: str) -> str:
+    if value is None:
         return NOT_MEASURED
-    if row.accuracy_ci_low_pct is None:
-        return f"{row.accuracy_pct:.2f}"
-    return f"{row.accuracy_pct:.2f} [{row.accuracy_ci_low_pct:.1f}, {row.accuracy_ci_high_pct:.1f}]"
-
-
-def _drop_with_ci(row: Row) -> str:
-    if row.drop_pts is None:
-        return NOT_MEASURED
-    if row.drop_ci_low_pts is None:
-        return f"{row.drop_pts:+.2f}"
-    return f"{row.drop_pts:+.2f} [{row.drop_ci_low_pts:+.2f}, {row.drop_ci_high_pts:+.2f}]"
+    if low is None or high is None:
+        return format(value, spec)
+    return f"{value:{spec}} [{low:{ci_spec}}, {high:{ci_spec}}]"
 
 
 def table_cells(row: Row) -> list[str]:
     """The row as the Markdown/terminal table shows it (accuracy and drop with their CIs)."""
-    special = {"accuracy_pct": _accuracy_with_ci, "drop_pts": _drop_with_ci}
+    special = {
+        "accuracy_pct": lambda r: _with_ci(r.accuracy_pct, r.accuracy_ci_low_pct, r.accuracy_ci_high_pct, ".2f", ".1f"),
+        "drop_pts": lambda r: _with_ci(r.drop_pts, r.drop_ci_low_pts, r.drop_ci_high_pts, "+.2f", "+.2f"),
+    }
     return [special[attr](row) if attr in special else _cell(getattr(row, attr), spec) for _, attr, spec in COLUMNS]
 
 
