@@ -60,6 +60,8 @@ class SearchCallback(Callback):
         register()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if isinstance(sys.exc_info()[1], SystemExit):
+            return  # the sweep was refused (a study of another search) or exited: no report
         try:
             self._report(config)
         except Exception as exc:  # noqa: BLE001 - the report must not hide the sweep's own errors

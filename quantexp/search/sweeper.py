@@ -75,8 +75,8 @@ class ResumableOptunaSweeper(Sweeper):
         self.n_existing = len(existing)
         done = st.done_count(existing)
         remaining = max(int(n_trials) - done, 0)
-        if existing:
-            log.info("study %s: %d trials done of %d; running %d", study_name, done, n_trials, remaining)
+        self._progress = (f"study {study_name}: {done} trials done of {n_trials}; running {remaining}"
+                          if existing else None)
         sampler = instantiate(_seeded(sampler, self.n_existing), _execution_whitelist_=(
             "hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
         self.sweeper = _impl_class()(sampler, direction, storage, study_name, remaining, n_jobs,
@@ -86,6 +86,10 @@ class ResumableOptunaSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        if self.sweeper.storage and self.sweeper.study_name:
+            _check_and_label(self.sweeper)  # needs the config, which setup brings
+        if self._progress:
+            log.info(self._progress)
 
     def sweep(self, arguments: list[str]) -> None:
         return self.sweeper.sweep(arguments)
@@ -124,11 +128,6 @@ def _impl_class() -> type:
         def _configure_trials(self, trials: list[Any], *args: Any) -> Any:
             self._pending = list(trials)  # the trials of the batch about to be launched
             return super()._configure_trials(trials, *args)
-
-        def sweep(self, arguments: list[str]) -> None:
-            if self.storage and self.study_name:
-                _check_and_label(self)
-            return super().sweep(arguments)
 
     _IMPL = Impl
     return Impl
