@@ -2,9 +2,8 @@
 
 ``SearchCallback`` (hydra.callbacks.search in conf/search/*.yaml):
 
-- on_multirun_start: trials an interrupted earlier sweep left RUNNING in the
-  persistent study are marked FAIL with ``quantexp.interrupted`` (so they do not
-  count as done and the rerun redoes them). Only one sweeper per study at a time.
+- its constructor registers the resumable Optuna sweeper (quantexp.search.sweeper)
+  with Hydra, which instantiates callbacks before the sweeper;
 - on_multirun_end: reads every COMPLETE trial of the study (this sweep's and
   earlier ones'), writes ``pareto_front.json`` / ``.csv`` in the sweep directory,
   logs them to the sweep's MLflow parent run, prints the front, and checks
@@ -27,7 +26,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from quantexp.search import EXIT, EXIT_NO_CONFIGURATION, INTERRUPTED_ATTR
+from quantexp.search import EXIT, EXIT_NO_CONFIGURATION
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +54,14 @@ def _directions(config: DictConfig) -> list[str]:
 
 
 class SearchCallback(Callback):
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        import optuna
+    def __init__(self) -> None:
+        from quantexp.search.sweeper import register
 
-        study = _study(config)
-        if study is None:
-            return
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
-            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-            log.warning("trial %d was left RUNNING by an interrupted sweep: marked FAIL, redone", t.number)
+        register()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if isinstance(sys.exc_info()[1], SystemExit):
+            return  # the sweep was refused (a study of another search) or exited: no report
         try:
             self._report(config)
         except Exception as exc:  # noqa: BLE001 - the report must not hide the sweep's own errors

@@ -4,6 +4,11 @@
 - ``run_logger``: ``RunLogger``, a context manager around one MLflow run.
 - ``callbacks``: ``MlflowSweepCallback`` (the parent run of a Hydra multirun)
   and ``parent_run_id()`` for the jobs.
+- ``sweep_summary``: ``SweepSummaryCallback``, the end-of-sweep list of failed jobs.
+- ``lookup``: the MLflow run of a job, found by its output folder.
+
+``EXIT`` carries the exit code of a multirun to run.py (Hydra returns none): set by
+the sweep summary (failed jobs) and by the search report (a budget no trial meets).
 
 Nothing here imports mlflow at package import time: Hydra imports the callback
 module on every start, including ``run.py --help``, and mlflow takes seconds
@@ -14,4 +19,11 @@ import RunLogger``).
 PARENT_RUN_ENV = "QUANTEXP_MLFLOW_PARENT_RUN_ID"
 PARENT_RUN_FILE = "mlflow_parent_run_id.txt"
 
-__all__ = ["PARENT_RUN_ENV", "PARENT_RUN_FILE"]
+
+class _Exit:
+    code: int = 0
+
+
+EXIT = _Exit()
+
+__all__ = ["EXIT", "PARENT_RUN_ENV", "PARENT_RUN_FILE"]

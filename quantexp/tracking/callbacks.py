@@ -2,7 +2,9 @@
 
 ``MlflowSweepCallback`` (named in conf/config.yaml under hydra.callbacks) opens
 one parent run before the first job and closes it after the last, with counts
-of its children. Jobs nest under it through ``parent_run_id()``: jobs in the
+of its children. A persistent study (Optuna sweeper with storage) keeps one parent
+across resumes; on resume, children a killed sweep left RUNNING are marked KILLED
+(tag ``error`` says why) so that they end and count as failed. Jobs nest under it through ``parent_run_id()``: jobs in the
 launcher's process read an environment variable, jobs in other processes a
 file in the sweep directory.
 
@@ -29,6 +31,7 @@ from quantexp.tracking.store import open_client, retry_locked
 log = logging.getLogger(__name__)
 
 _CHILD_TAG = "mlflow.parentRunId"
+INTERRUPTED_TAG = "quantexp.interrupted"
 
 
 def project_root_of(config: DictConfig) -> Path:
@@ -72,6 +75,8 @@ class MlflowSweepCallback(Callback):
         run = _existing_study_run(client, experiment_id, study) if study else None
         if run is not None:
             # A resumed persistent study (Optuna sweeper): one parent for the whole study.
+            self._client, self._experiment_id = client, experiment_id
+            self._close_interrupted(run.info.run_id)
             retry_locked(client.update_run, run.info.run_id, status="RUNNING")
             retry_locked(client.set_tag, run.info.run_id, "quantexp.sweep_dir", str(sweep_dir))
         else:
@@ -89,6 +94,21 @@ class MlflowSweepCallback(Callback):
         (sweep_dir / PARENT_RUN_FILE).write_text(self._parent_run_id + "\n")
         os.environ[PARENT_RUN_ENV] = self._parent_run_id
         log.info("MLflow parent run %s (%s)", self._parent_run_id, client.tracking_uri)
+
+    def _close_interrupted(self, parent: str) -> None:
+        """Children of a resumed study still RUNNING belong to a sweep that died
+        (kill -9, a crash) mid-job: nothing else will ever end them. One sweeper per
+        study at a time (as for the Optuna trials), so none of them is live."""
+        for child in self._children(parent):
+            if child.info.status != "RUNNING":
+                continue
+            reason = ("interrupted: the sweep process ended while this job ran; "
+                      "marked KILLED when the study was resumed")
+            retry_locked(self._client.set_tag, child.info.run_id, "error", reason)
+            retry_locked(self._client.set_tag, child.info.run_id, INTERRUPTED_TAG, "true")
+            retry_locked(self._client.set_terminated, child.info.run_id, status="KILLED")
+            log.warning("MLflow run %s (%s) was left RUNNING by an interrupted sweep: marked KILLED",
+                        child.info.run_id, child.info.run_name)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         parent = self._parent_run_id

@@ -1,5 +1,6 @@
 """Where the MLflow store lives: tracking-URI resolution, the artifact root,
-get-or-create of the experiment, and the retry every sqlite write goes through.
+get-or-create of the experiment, the file lock that serialises the creation of a
+sqlite schema, and the retry every sqlite call goes through.
 
 mlflow is imported inside the functions so that importing this module stays
 cheap (the Hydra callback imports it on every start).
@@ -7,10 +8,11 @@ cheap (the Hydra callback imports it on every start).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,29 +27,71 @@ DB_NAME = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 _SQLITE = "sqlite:///"
 
-# Several jobs (or processes) writing one sqlite file can collide; sqlite's own
-# busy timeout (5 s) is not always enough under a parallel launcher.
-_LOCK_MARKERS = ("database is locked", "database table is locked")
+# Several jobs (or processes) on one sqlite file collide; sqlite's own busy timeout
+# (5 s) is not always enough under a parallel launcher. These errors are all
+# "another connection is busy with the file" and go away on retry; anything else
+# (no such table, a constraint) is a real error and is raised at once.
+_TRANSIENT_MARKERS = ("database is locked", "database table is locked",
+                      "database schema has changed", "unable to open database file",
+                      "disk i/o error")
 _RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0)
+# Creating MLflow's schema (a dozen alembic migrations) takes seconds on a fresh
+# file; the lock is held that long by the first process and briefly by the others.
+_SCHEMA_LOCK_TIMEOUT_S = 600
 
 
-def is_locked_error(exc: BaseException) -> bool:
+def is_transient_error(exc: BaseException) -> bool:
     text = str(exc).lower()
-    return any(marker in text for marker in _LOCK_MARKERS)
+    return any(marker in text for marker in _TRANSIENT_MARKERS)
+
+
+is_locked_error = is_transient_error  # the former name
 
 
 def retry_locked(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call ``fn``; on sqlite "database is locked" wait briefly and try again
-    (about 10 s in all), then let the last error through."""
+    """Call ``fn``; on a transient sqlite error (locked, busy, schema changed by
+    another connection) wait briefly and try again (about 10 s in all), then let
+    the last error through."""
     for delay in _RETRY_DELAYS:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:
-            if not is_locked_error(exc):
+            if not is_transient_error(exc):
                 raise
-            log.debug("mlflow store locked, retrying in %.2fs: %s", delay, exc)
+            log.debug("sqlite store busy, retrying in %.2fs: %s", delay, exc)
             time.sleep(delay)
     return fn(*args, **kwargs)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The file of an absolute ``sqlite:////abs/path.db[?query]`` URI, else None."""
+    if not uri.startswith(_SQLITE):
+        return None
+    path = uri[len(_SQLITE):].partition("?")[0]
+    return Path(path) if path.startswith("/") else None
+
+
+@contextlib.contextmanager
+def schema_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``<db>.lock`` beside a sqlite store (nothing for
+    other URIs), creating the store's folder first.
+
+    MLflow and Optuna create their schema on the first connection to an empty file
+    (create_all, then alembic migrations). Two processes doing that at once leave a
+    half-migrated file ("duplicate column name", "table _alembic_tmp_tags already
+    exists") that every later run fails on; under the lock the first process creates
+    the schema and the others find it complete. filelock is a dependency of torch
+    (flock on POSIX, msvcrt on Windows)."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    from filelock import FileLock
+
+    # sqlite creates the file but not its folder ("unable to open database file").
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock", timeout=_SCHEMA_LOCK_TIMEOUT_S):
+        yield
 
 
 def resolve_tracking_uri(configured: str | None, project_root: Path) -> str:
@@ -107,13 +151,16 @@ def open_client(configured_uri: str | None, project_root: Path,
                 experiment: str) -> tuple[MlflowClient, str]:
     """An MlflowClient on the resolved store and the id of ``experiment`` in it.
 
-    Pass TrackingConfig's ``uri`` and ``experiment`` explicitly. The first call
-    on a fresh sqlite file creates its schema; do it once before launching
-    parallel jobs (the sweep callback does) to avoid the schema-creation race.
+    Pass TrackingConfig's ``uri`` and ``experiment`` explicitly. Safe to call from
+    any number of processes at once on a fresh sqlite file: the schema is created
+    under ``schema_lock`` (MLflow builds its store, and with it the schema, on the
+    client's first request; the client caches the store per URI, so later calls in
+    the same process cost one lock and one query).
     """
     from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(configured_uri, project_root)
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = ensure_experiment(client, experiment, artifact_root(project_root))
+    with schema_lock(uri):
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = ensure_experiment(client, experiment, artifact_root(project_root))
     return client, experiment_id

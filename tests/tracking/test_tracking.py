@@ -125,6 +125,37 @@ def test_retry_locked_retries_only_lock_errors():
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("message", ["(sqlite3.OperationalError) database schema has changed",
+                                     "(sqlite3.OperationalError) unable to open database file",
+                                     "(sqlite3.OperationalError) disk I/O error",
+                                     "database table is locked"])
+def test_retry_locked_retries_every_transient_sqlite_error(message):
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 2:
+            raise RuntimeError(message)
+        return "ok"
+
+    assert retry_locked(flaky) == "ok" and len(calls) == 2
+
+
+def test_schema_lock_creates_the_folder_and_excludes_a_second_holder(tmp_path):
+    from filelock import FileLock, Timeout
+
+    from quantexp.tracking.store import schema_lock
+
+    db = tmp_path / "new" / "folder" / "mlflow.db"
+    with schema_lock(f"sqlite:///{db}"):
+        assert db.parent.is_dir()
+        with pytest.raises(Timeout):
+            FileLock(f"{db}.lock", timeout=0.1).acquire()
+    FileLock(f"{db}.lock", timeout=0.1).acquire()  # released on exit
+    with schema_lock("http://127.0.0.1:5000"):  # not sqlite: no lock, nothing created
+        pass
+
+
 # ------------------------------------------------------------- run logger
 def test_flatten_dotted_keys_lists_as_json():
     flat = flatten({"model": {"name": "cnn", "channels": [16, 32], "opt": {}},
@@ -257,6 +288,46 @@ def test_callback_in_process_counts_children(tmp_path):
     assert parent.data.metrics == {"n_jobs": 2.0, "n_finished": 1.0, "n_failed": 1.0}
 
 
+def test_resumed_study_closes_runs_a_killed_sweep_left_running(tmp_path, migrated_db):
+    shutil.copyfile(migrated_db, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = _sweep_config(tmp_path, uri)
+    cfg.hydra.sweeper = {"storage": f"sqlite:///{tmp_path}/study.db", "study_name": "s"}
+    MlflowSweepCallback().on_multirun_start(cfg)
+    pid = os.environ.pop(PARENT_RUN_ENV)
+    client, exp_id = open_client(uri, tmp_path, "sweeps")
+    with RunLogger(client, exp_id, "job 0", parent_run_id=pid):
+        pass
+    # kill -9 in the middle of job 1: its run is never ended, nor is the parent
+    zombie = client.create_run(exp_id, run_name="job 1", tags={"mlflow.parentRunId": pid}).info.run_id
+
+    resumed = MlflowSweepCallback()
+    resumed.on_multirun_start(cfg)  # the rerun of the same study
+    assert os.environ[PARENT_RUN_ENV] == pid  # the study keeps its parent
+    run = client.get_run(zombie)
+    assert run.info.status == "KILLED" and run.info.end_time is not None
+    assert run.data.tags["error"].startswith("interrupted: the sweep process ended")
+    assert run.data.tags["quantexp.interrupted"] == "true"
+    with RunLogger(client, exp_id, "job 2", parent_run_id=parent_run_id()):
+        pass
+    resumed.on_multirun_end(cfg)
+    assert client.get_run(pid).data.metrics == {"n_jobs": 3.0, "n_finished": 2.0, "n_failed": 1.0}
+
+
+def test_sweep_summary_names_jobs_by_what_varies():
+    from quantexp.tracking.sweep_summary import Failure, summary_lines
+
+    every = [["a=1", "x=1"], ["a=1", "x=2"], ["a=1", "x=3"]]
+    fail = Failure(1, every[1], "RuntimeError: boom", "/s/1", "/s/1/traceback.txt", RuntimeError(), "abc")
+    assert summary_lines([fail], 3, every) == [
+        "sweep: 1 of 3 jobs failed", "  job #1 [x=2]: RuntimeError: boom",
+        "      traceback: /s/1/traceback.txt; MLflow run abc FAILED"]
+    many = [Failure(i, ["y=" + "9" * 200], "E", "/d", None, RuntimeError()) for i in range(20)]
+    lines = summary_lines(many, 20, [["y=" + "9" * 200]], limit=15)
+    assert len(lines) == 1 + 2 * 15 + 1 and lines[-1] == "  ... and 5 more"
+    assert len(lines[1]) < 120 and lines[2] == "      traceback: /d"
+
+
 def test_callback_disabled_or_broken_store_never_raises(tmp_path, caplog):
     callback = MlflowSweepCallback()
     cfg = _sweep_config(tmp_path, f"sqlite:///{tmp_path}/off.db", enabled=False)
@@ -294,8 +365,12 @@ def main(cfg):
         from_file = parent_run_id()
     finally:
         os.environ[PARENT_RUN_ENV] = saved
+    from hydra.core.hydra_config import HydraConfig
+
+    # as quantexp.api.execute tags its runs (the sweep summary finds a failed job's run by it)
+    output_dir = HydraConfig.get().runtime.output_dir
     with RunLogger(client, exp_id, f"job x={cfg.x}", parent_run_id=from_env,
-                   tags={"from_file": from_file}) as run:
+                   tags={"from_file": from_file, "quantexp.output_dir": output_dir}) as run:
         run.log_metrics({"x": cfg.x})
         if cfg.x == cfg.fail_at:
             raise RuntimeError(f"boom at x={cfg.x}")
@@ -319,6 +394,8 @@ hydra:
   sweep:
     dir: multirun/sweep-${now:%H-%M-%S}
   callbacks:
+    sweep_summary:
+      _target_: quantexp.tracking.sweep_summary.SweepSummaryCallback
     mlflow_sweep:
       _target_: quantexp.tracking.callbacks.MlflowSweepCallback
 '''
@@ -363,13 +440,18 @@ def test_hydra_multirun_end_to_end(tmp_path, migrated_db):
     assert (sweep_dir / PARENT_RUN_FILE).read_text().strip() == pid
 
 
-@pytest.mark.slow  # a second Hydra subprocess (mlflow import alone is ~10 s)
 def test_hydra_multirun_failing_job_is_failed_and_sweep_goes_on(tmp_path, migrated_db):
     # Hydra's basic launcher runs every job of a batch, then re-raises the first
-    # failure: the process exits non-zero after all jobs ran.
+    # failure; the sweep summary replaces Hydra's traceback with one screen and exit 1.
     proc = _run_sweep(tmp_path, migrated_db, "x=1,2,3", "fail_at=2")
-    assert proc.returncode != 0 and "boom at x=2" in proc.stderr
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    summary = proc.stderr[proc.stderr.index("sweep: 1 of 3 jobs failed"):].splitlines()
+    assert summary[1] == "  job #1 [x=2]: RuntimeError: boom at x=2"
+    traceback_file = Path(summary[2].split("traceback: ")[1].split(";")[0])
+    assert traceback_file.name == "traceback.txt" and "boom at x=2" in traceback_file.read_text()
     parent, children = _parent_and_children(tmp_path)
+    assert f"MLflow run {children[1].info.run_id} FAILED" in summary[2]
     assert [c.info.status for c in children] == ["FINISHED", "FAILED", "FINISHED"]
     assert children[1].data.tags["error"] == "RuntimeError: boom at x=2"
     assert parent.info.status == "FINISHED"
