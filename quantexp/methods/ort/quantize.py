@@ -3,26 +3,26 @@ exported fp32 ONNX model (``stage = "artifact"``), evaluated and timed in an ORT
 session - the file a user deploys, not a PyTorch stand-in.
 
 Steps (``OrtMethod.quantize_artifact``):
-1. pre-process the fp32 file (``quant_pre_process``: symbolic + ONNX shape
-   inference, then ORT graph optimization at ``method.graph_optimization``);
+1. pre-process the fp32 file (``quant_pre_process``: symbolic + ONNX shape inference, then ORT graph
+   optimization at ``method.graph_optimization``);
 2. resolve the op types to quantize (``method.op_types`` or the family default,
    ``DEFAULT_OP_TYPES``) and refuse a list that matches no node of this graph;
 3. quantize (the subclass: ``quantize_dynamic`` / calibration + ``quantize_static``);
 4. refuse a result without any quantized node (never an fp32 file labelled int8);
-5. per-node output error vs the fp32 graph (``layer_error``): SQNR dB, cosine and
-   max |error| of every quantized compute node's output, on calibration items.
+5. per-node output error vs the fp32 graph (``layer_error``): SQNR dB, cosine and max |error| of every
+   quantized compute node's output, on calibration items;
+6. move the checked file into place (staged in a work folder: never half a graph in ``out_dir``).
 
-CPU-dependent defaults (``default_reduce_range``): on x86 CPUs without VNNI, ORT's
-u8 x s8 kernels use VPMADDUBSW, which adds two u8*s8 products into a *saturating*
-int16 (255*127*2 = 64770 > 32767); 7-bit weights (``reduce_range``) keep the pair
-sum in range (255*63*2 = 32130). VNNI (VPDPBUSD) accumulates into int32, so full
-8-bit weights are safe there; ARM kernels have no such limit either.
+CPU-dependent defaults (``default_reduce_range``): on x86 CPUs without VNNI, ORT's u8 x s8 kernels use
+VPMADDUBSW, which adds two u8*s8 products into a *saturating* int16 (255*127*2 = 64770 > 32767); 7-bit
+weights (``reduce_range``) keep the pair sum in range (255*63*2 = 32130). VNNI (VPDPBUSD) accumulates
+into int32, so full 8-bit weights are safe there; ARM kernels have no such limit either.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
+import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from quantexp.config import ConfigError
-from quantexp.files import atomic_path
 from quantexp.methods.base import QuantizationMethod
 from quantexp.quant.layer_error import summarize
 from quantexp.quant.onnx_graph import describe_graph, iter_nodes, quantized_op, silenced_stdio
@@ -100,8 +99,8 @@ def _calibration_reader_base():
 
 
 class SplitReader(_calibration_reader_base()):
-    """Feeds a ``Split`` to ORT: one ``{input name: numpy batch}`` per batch, named and
-    typed as the ONNX graph declares its inputs (float32 pixels, int64 token ids)."""
+    """Feeds a ``Split`` to ORT: one ``{input name: numpy batch}`` per batch, named and typed as the ONNX
+    graph declares its inputs (float32 pixels, int64 token ids)."""
 
     def __init__(self, split: Split, dtypes: dict[str, np.dtype], batch_size: int):
         if len(dtypes) != len(split.inputs):
@@ -128,8 +127,7 @@ class SplitReader(_calibration_reader_base()):
 
 
 class OneBatch(_calibration_reader_base()):
-    """A reader of exactly one batch: the calibrator sees the set batch by batch, so
-    histogram methods hold one batch of intermediate tensors at a time."""
+    """A reader of one batch: the calibrator sees the set batch by batch (histogram methods hold one)."""
 
     def __init__(self, feeds: dict[str, np.ndarray]):
         self.feeds: dict[str, np.ndarray] | None = feeds
@@ -309,8 +307,7 @@ def layer_error(fp32_path: Path, quant_path: Path, split: Split, op_types: set[s
 
 # ------------------------------------------------------------------ method
 class OrtMethod(QuantizationMethod):
-    """Template for the ORT methods: pre-process, resolve op types, quantize (subclass),
-    check, measure per-node error."""
+    """Template for the ORT methods: pre-process, resolve op types, quantize (subclass), check, measure."""
 
     stage = "artifact"
     # ort_static calibrates on it; ort_dynamic uses it only for the layer-error table.
@@ -323,8 +320,8 @@ class OrtMethod(QuantizationMethod):
         return default_reduce_range(self.host) if self.cfg.reduce_range is None else self.cfg.reduce_range
 
     def op_types(self, family: str, present: set[str]) -> list[str] | None:
-        """The op types to quantize (None: all ORT handles); refuses a list that
-        matches no node of this graph, naming the graph's quantizable ones."""
+        """The op types to quantize (None: all ORT handles); refuses a list that matches no node of this
+        graph, naming the graph's quantizable ones."""
         from quantexp.methods.ort.config import ORT_DYNAMIC_OP_TYPES, ORT_QDQ_OP_TYPES
 
         chosen = self.cfg.op_types if self.cfg.op_types is not None else DEFAULT_OP_TYPES[self.kind][family]
@@ -347,7 +344,7 @@ class OrtMethod(QuantizationMethod):
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / f"{self.cfg.name}.onnx"
         level = getattr(self.cfg.graph_optimization, "value", self.cfg.graph_optimization)
-        with tempfile.TemporaryDirectory(prefix="quantexp-ort-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=".quantexp-ort-", dir=out_dir) as tmp:  # same filesystem
             work = Path(tmp)
             pre = work / "fp32_preprocessed.onnx"
             start = time.perf_counter()
@@ -358,9 +355,7 @@ class OrtMethod(QuantizationMethod):
                 present.add("MatMul")  # quantize_dynamic rewrites every Gemm as MatMul + Add
             op_types = self.op_types(bundle.family, present)
             start = time.perf_counter()
-            # staged in the work folder, moved into place once checked (atomic_path): a
-            # reader of out_dir never sees a half-written or refused graph
-            staged = work / out.name
+            staged = work / out.name  # step 6 renames it to out (atomic: same filesystem) once checked
             with silenced_stdio():  # ORT's calibrators and quantizers print progress
                 info = self._quantize(pre, staged, op_types, bundle, calibration, work)
             quantize_s = time.perf_counter() - start
@@ -401,6 +396,5 @@ class OrtMethod(QuantizationMethod):
                     info.update(layer_error(pre, staged, calibration, targets, self.cfg.layer_error_items,
                                             self.host.threads,
                                             getattr(runtime, "graph_optimization", "all")))
-            with atomic_path(out) as tmp:
-                shutil.move(staged, tmp)  # the work folder may be on another filesystem
+            os.replace(staged, out)
         return out, info
