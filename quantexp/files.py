@@ -9,11 +9,12 @@ Python API all write through it.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -69,4 +70,15 @@ def atomic_write_json(target: str | Path, data: Any) -> Path:
     return atomic_write_text(target, json.dumps(data, indent=2, default=str))
 
 
-__all__ = ["atomic_path", "atomic_write", "atomic_write_json", "atomic_write_text"]
+def atomic_write_csv(target: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """``rows`` as CSV with a header; the columns are every key, in first-seen order
+    (None is an empty cell)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with atomic_path(target) as tmp, Path(tmp).open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(target)
+
+
+__all__ = ["atomic_path", "atomic_write", "atomic_write_csv", "atomic_write_json", "atomic_write_text"]

@@ -25,7 +25,7 @@ from quantexp.bench.memory import CudaPeakMemory, PeakRSSSampler, process_peak_r
 from quantexp.bench.size import bits_per_parameter, path_size_bytes
 from quantexp.config import ExperimentConfig
 from quantexp.exporters import Exported, get_exporter
-from quantexp.files import atomic_path, atomic_write
+from quantexp.files import atomic_write, atomic_write_csv
 from quantexp.hardware import HostInfo, probe_host
 from quantexp.methods import get_method
 from quantexp.models import load_model
@@ -172,7 +172,7 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None) -> d
     # be compared paired over the same items (quantexp/report/ptq_vs_qat.py).
     results["predictions_path"] = str(save_predictions(output_dir / PREDICTIONS, bundle.test, preds))
     for name, rows in tables.items():
-        write_table(rows, output_dir / "tables" / f"{name}.csv")
+        atomic_write_csv(output_dir / "tables" / f"{name}.csv", rows)
     results["figures"] = {}
     for name, src in figures.items():
         import shutil
@@ -217,16 +217,6 @@ def save_predictions(path: Path, test, preds: dict[str, np.ndarray | None]) -> P
     arrays = {"labels": test.labels.numpy(), "ids": test.ids.numpy(),
               **{name: np.asarray(p) for name, p in preds.items() if p is not None}}
     return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
-
-
-def write_table(rows: list[dict[str, Any]], path: Path) -> None:
-    import csv
-
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _measure(bundle: ModelBundle, exported: Exported, model: torch.nn.Module | None, tag: str,

@@ -11,7 +11,6 @@ manual ``method.assignment`` builds the (untrained) architecture to learn its la
 
 from __future__ import annotations
 
-import math
 import os
 import sqlite3
 import tempfile
@@ -63,13 +62,13 @@ def check_sqlite_store(uri: str) -> None:
 
 
 def train_items(model) -> int:
-    """Size of the training split ``make_splits`` will draw: the stratified split puts
-    ceil(test_fraction * n) items in the test set (scikit-learn), then n_train caps it."""
-    from quantexp.models.datasets import load_raw
+    """Size of the training split ``make_splits`` will draw, from the same split function
+    over the dataset's labels (no features are encoded, nothing is trained)."""
+    from quantexp.models.datasets import load_raw, split_positions
 
-    n = len(load_raw(model.dataset).labels)
-    train = n - math.ceil(model.test_fraction * n)
-    return min(train, model.n_train) if model.n_train else train
+    train, _ = split_positions(load_raw(model.dataset).labels, model.test_fraction, model.split_seed,
+                               model.n_train, model.n_test)
+    return len(train)
 
 
 def check_calibration(exp: ExperimentConfig) -> None:

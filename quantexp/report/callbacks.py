@@ -59,8 +59,10 @@ class ReportCallback(Callback):
             _, files = write_report(results, sweep_dir, f"sweep {sweep_dir}", console=console)
             client, parent = _parent_client(config, sweep_dir)
             if client is not None:
+                from quantexp.tracking.store import retry_locked
+
                 for path in files.values():
-                    client.log_artifact(parent, str(path), "report")
+                    retry_locked(client.log_artifact, parent, str(path), "report")
         except Exception as exc:  # noqa: BLE001 - reporting must never stop the sweep
             log.warning("no report for sweep %s (%s: %s)", sweep_dir, type(exc).__name__, exc)
 
@@ -71,17 +73,10 @@ class PtqVsQatCallback(Callback):
 
         sweep_dir = sweep_dir_of(config)
         try:
-            parent = os.environ.get(PARENT_RUN_ENV)
-            if parent is None and (sweep_dir / PARENT_RUN_FILE).is_file():
-                parent = (sweep_dir / PARENT_RUN_FILE).read_text().strip() or None
-            if parent is None or not OmegaConf.select(config, "tracking.enabled", default=True):
+            client, parent = _parent_client(config, sweep_dir)
+            if client is None:
                 write_comparison(sweep_dir)
                 return
-            from quantexp.tracking.store import open_client
-
-            client, _ = open_client(OmegaConf.select(config, "tracking.uri", default=None),
-                                    project_root_of(config),
-                                    OmegaConf.select(config, "tracking.experiment", default="quantexp"))
             log_comparison(client, parent, sweep_dir)
         except Exception as exc:  # noqa: BLE001 - reporting must never stop the sweep
             log.warning("no PTQ-vs-QAT comparison for sweep %s (%s: %s)", sweep_dir, type(exc).__name__, exc)

@@ -11,16 +11,14 @@ never as zero, and keeps the run off the fronts it cannot be placed on.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist
 
 from quantexp.analysis.pareto import pareto_front
-from quantexp.files import atomic_write_text
+from quantexp.files import atomic_write_csv, atomic_write_text
 from quantexp.results import Results
 
 NOT_MEASURED = "not measured"
@@ -181,19 +179,11 @@ def to_markdown(rows: Sequence[Row]) -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-def to_csv(rows: Sequence[Row]) -> str:
-    """Every field, machine-readable (empty cell = not measured)."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[f.name for f in fields(Row)])
-    writer.writeheader()
-    writer.writerows({k: "" if v is None else v for k, v in asdict(row).items()} for row in rows)
-    return buffer.getvalue()
-
-
 def write_tables(rows: Sequence[Row], out_dir: Path) -> dict[str, Path]:
-    return {"comparison.csv": atomic_write_text(out_dir / "comparison.csv", to_csv(rows)),
+    # every field, machine-readable (an empty cell: not measured)
+    return {"comparison.csv": atomic_write_csv(out_dir / "comparison.csv", [asdict(row) for row in rows]),
             "comparison.md": atomic_write_text(out_dir / "comparison.md", to_markdown(rows))}
 
 
 __all__ = ["COLUMNS", "NOT_MEASURED", "ReportError", "Row", "comparison_rows", "row_of", "table_cells",
-           "to_csv", "to_markdown", "write_tables"]
+           "to_markdown", "write_tables"]

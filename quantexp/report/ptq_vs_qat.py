@@ -19,7 +19,6 @@ when the models err on mostly the same items.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import sys
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from quantexp.analysis.accuracy import mcnemar_exact, paired_bootstrap_delta
+from quantexp.files import atomic_write_csv
 
 METHODS = ("ptq_static", "qat", "qat_finetune")
 ARTIFACT = "ptq_vs_qat.csv"
@@ -150,12 +150,7 @@ def write_comparison(sweep_dir: Path) -> Path | None:
     rows = comparison_rows(load_results(sweep_dir))
     if not rows:
         return None
-    path = Path(sweep_dir) / ARTIFACT
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    return atomic_write_csv(Path(sweep_dir) / ARTIFACT, rows)
 
 
 def log_comparison(client, run_id: str, sweep_dir: Path) -> Path | None:

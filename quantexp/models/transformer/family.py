@@ -77,11 +77,12 @@ def defining_files(directory: Path) -> tuple[list[Path], list[Path]]:
 
 
 def verify_sha256(directory: Path, expected: str | None, expected_files: Mapping[str, str] | None,
-                  found_weights: Mapping[str, str], found: Mapping[str, str]) -> None:
+                  fingerprint: Mapping[str, Mapping[str, str]]) -> None:
     """``model.sha256`` (the weights file) and ``model.files_sha256`` (every other
-    defining file, by name) against the hashes found in ``directory``; one line names
+    defining file, by name) against ``files_fingerprint(directory)``; one line names
     the first file that differs, is missing, or is present but not listed."""
-    found_files, found = found, {**found_weights, **found}
+    found_files = fingerprint["files_sha256"]
+    found = {**fingerprint["weights_sha256"], **found_files}
     if expected:
         if WEIGHTS_FILE not in found:
             raise ModelSourceError(f"model.sha256 is set but {directory} has no {WEIGHTS_FILE} to check")
@@ -149,8 +150,7 @@ class TransformerFamily:
         self.cfg = cfg
         self.directory = resolve_path(cfg.path)
         self._fingerprint = files_fingerprint(self.directory)
-        verify_sha256(self.directory, cfg.sha256, cfg.files_sha256,
-                      self._fingerprint["weights_sha256"], self._fingerprint["files_sha256"])
+        verify_sha256(self.directory, cfg.sha256, cfg.files_sha256, self._fingerprint)
         from transformers import AutoTokenizer
 
         try:
