@@ -70,9 +70,10 @@ def validate(cfg: DictConfig) -> ExperimentConfig:
 
 
 def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_root: Path,
-            run_name: str) -> dict[str, Any]:
+            run_name: str, reference_cache: Path | None = None) -> dict[str, Any]:
     """Run the pipeline under an MLflow run (or none when tracking is disabled),
-    write config.yaml and results.json into ``output_dir``, print the summary."""
+    write config.yaml and results.json into ``output_dir``, print the summary.
+    ``reference_cache``: where a sweep keeps its fp32 reference (``pipeline.reference``)."""
     from quantexp import pipeline
     from quantexp.preflight import cache_dir_of, preflight
     from quantexp.provenance import git_commit, library_versions
@@ -92,7 +93,7 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
 
             log.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
             log.log_text(config_yaml, "config.yaml")
-        results = pipeline.run(exp, output_dir, cache_dir, log)
+        results = pipeline.run(exp, output_dir, cache_dir, log, reference_cache=reference_cache)
         results["config"] = OmegaConf.to_container(cfg, resolve=True)
         results["provenance"] = tags
         results["results_path"] = str(output_dir / "results.json")

@@ -33,6 +33,8 @@ from quantexp.hardware.probe import HardwareUnavailable
 from quantexp.help import register_resolvers as register_help
 
 EXIT_BAD_CONFIG = 2
+EXIT_GATE_FAILED = 4  # eval.gate_fails_run=true and the quality gate FAILED
+REFERENCE_CACHE = ".fp32_reference"  # inside the sweep folder
 CHECK_FLAGS = ("--check", "--dry-run")
 COMMANDS = {
     "run": "run one experiment, or a sweep with -m (what `python run.py` does)",
@@ -67,17 +69,25 @@ def run_job(cfg: DictConfig) -> float | None:
             return None
         exp = validate(cfg)
         run_name = run_name_of(exp)
+        reference_cache = None
         if multirun:
             run_name += f" #{hc.job.num}"
+            # the jobs of a sweep share one fp32 reference per model/exporter/target
+            reference_cache = project_root / hc.sweep.dir / REFERENCE_CACHE
         # User errors found while running (a model path that does not exist, a
         # calibration set larger than the data) end the same way; the MLflow run,
         # if one was opened, is already marked FAILED with its traceback.
-        results = execute(exp, cfg, output_dir, project_root, run_name)
+        results = execute(exp, cfg, output_dir, project_root, run_name, reference_cache)
     except (ConfigError, HardwareUnavailable) as exc:
         if multirun:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
+    if exp.eval.gate_fails_run and results["gate"]["passed"] is False:
+        from quantexp.tracking import EXIT
+
+        # the run is complete and recorded; the exit code tells CI the gate failed
+        EXIT.code = EXIT_GATE_FAILED
     return results["objective"]
 
 
@@ -219,4 +229,4 @@ def main(argv: list[str] | None = None) -> None:
     run_main()
 
 
-__all__ = ["CHECK_FLAGS", "EXIT_BAD_CONFIG", "MODE", "hydra_app", "main", "run_job", "run_main"]
+__all__ = ["CHECK_FLAGS", "EXIT_BAD_CONFIG", "EXIT_GATE_FAILED", "MODE", "hydra_app", "main", "run_job", "run_main"]

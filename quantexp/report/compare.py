@@ -18,6 +18,7 @@ from pathlib import Path
 from statistics import NormalDist
 
 from quantexp.analysis.pareto import pareto_front
+from quantexp.bench.interleaved import describe_speedup
 from quantexp.files import atomic_write_csv, atomic_write_text
 from quantexp.results import Results
 
@@ -49,9 +50,12 @@ class Row:
     items_per_s: float | None
     size_mb: float
     bits_per_param: float
-    speedup: float | None
+    speedup: float | None  # own fp32 p50 / p50, timed interleaved with its fp32
+    speedup_ci_low: float | None  # bootstrap CI over the interleaved rounds
+    speedup_ci_high: float | None
+    speedup_verdict: str | None  # faster / slower / no significant difference
     quantize_s: float | None
-    gate: str  # passed / FAILED / no gate
+    gate: str  # passed / FAILED / inconclusive / no gate
     n_items: int | None
     run_id: str | None
     results_path: str | None
@@ -88,7 +92,6 @@ def row_of(r: Results) -> Row:
     drop = 0.0 if is_fp32 and accuracy is not None else c.accuracy_drop_points
     low, high = _wilson(accuracy, c.n_items)
     latency = cand.latency
-    passed = r.gate.passed
     return Row(
         model=str(r.model.get("name")), method=r.label, precision=str(r.method.get("precision")),
         exporter=str(config.get("exporter", {}).get("name", "?")),
@@ -104,11 +107,19 @@ def row_of(r: Results) -> Row:
         items_per_s=latency.throughput_items_per_s if latency else None,
         size_mb=cand.size_bytes / 1e6, bits_per_param=cand.bits_per_param,
         speedup=1.0 if is_fp32 and latency and latency.p50_ms else r.speedup,
+        speedup_ci_low=c.speedup_ci_low, speedup_ci_high=c.speedup_ci_high, speedup_verdict=c.speedup_verdict,
         quantize_s=r.method.get("quantize_time_s"),
-        gate="no gate" if passed is None else ("passed" if passed else "FAILED"),
+        gate=_gate(r),
         n_items=None if c.n_items is None else int(c.n_items), run_id=r.mlflow_run_id,
         results_path=r.results_path,
         not_measured="; ".join(f"{k}: {v}" for k, v in r.not_measured.items()))
+
+
+def _gate(r: Results) -> str:
+    if r.gate.max_accuracy_drop is None:
+        return "no gate"
+    verdict = r.gate.verdict or {True: "passed", False: "failed", None: "inconclusive"}[r.gate.passed]
+    return "FAILED" if verdict == "failed" else verdict
 
 
 def comparison_rows(results: Sequence[Results]) -> list[Row]:
@@ -167,6 +178,9 @@ def table_cells(row: Row) -> list[str]:
     special = {
         "accuracy_pct": lambda r: _with_ci(r.accuracy_pct, r.accuracy_ci_low_pct, r.accuracy_ci_high_pct, ".2f", ".1f"),
         "drop_pts": lambda r: _with_ci(r.drop_pts, r.drop_ci_low_pts, r.drop_ci_high_pts, "+.2f", "+.2f"),
+        "speedup": lambda r: (NOT_MEASURED if r.speedup is None else
+                              describe_speedup(r.speedup, r.speedup_ci_low, r.speedup_ci_high, r.speedup_verdict,
+                                               None).removesuffix(" (no CI)")),
     }
     return [special[attr](row) if attr in special else _cell(getattr(row, attr), spec) for _, attr, spec in COLUMNS]
 
