@@ -40,6 +40,9 @@ COMMANDS = {
     "run": "run one experiment, or a sweep with -m (what `python run.py` does)",
     "check": "validate a configuration without running it (`python run.py --check`)",
     "report": "compare runs: table, Pareto fronts, report.html (`quantexp report --help`)",
+    "compare": "did a candidate run regress against a baseline? (`quantexp compare --help`)",
+    "baseline": "pin the baseline run `compare --baseline @name` uses (`quantexp baseline --help`)",
+    "history": "one configuration over time: accuracy and latency per run/commit (`quantexp history --help`)",
 }
 
 
@@ -223,6 +226,14 @@ def main(argv: list[str] | None = None) -> None:
         from quantexp.report.command import main as report
 
         sys.exit(report(rest))
+    if command in ("compare", "baseline"):
+        from quantexp.regression import command as regression
+
+        sys.exit((regression.compare_main if command == "compare" else regression.baseline_main)(rest))
+    if command == "history":
+        from quantexp.regression.history import main as history
+
+        sys.exit(history(rest))
     if command == "check":
         command, rest = "run", ["--check", *rest]
     sys.argv = [f"quantexp {command}", *rest]

@@ -104,6 +104,8 @@ def metrics_of(results: dict[str, Any]) -> dict[str, float]:
 
 def log_results(log, results: dict[str, Any], output_dir: Path) -> None:
     log.log_metrics(metrics_of(results))
+    # per-item predictions: what `quantexp compare` pairs two runs' accuracy on
+    log.log_artifact(Path(results["predictions_path"]))
     for name in results["tables"]:
         log.log_artifact(output_dir / "tables" / f"{name}.csv", "tables")
     for path in results.get("figures", {}).values():

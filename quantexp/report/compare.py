@@ -11,12 +11,11 @@ never as zero, and keeps the run off the fronts it cannot be placed on.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from statistics import NormalDist
 
+from quantexp.analysis.accuracy import wilson_interval
 from quantexp.analysis.pareto import pareto_front
 from quantexp.bench.interleaved import describe_speedup
 from quantexp.files import atomic_write_csv, atomic_write_text
@@ -75,13 +74,8 @@ def _pct(value: float | None) -> float | None:
 def _wilson(accuracy: float | None, n: float | None) -> tuple[float | None, float | None]:
     if accuracy is None or not n:
         return None, None
-    # Wilson's score interval in closed form (the same numbers as scipy's
-    # binomtest(...).proportion_ci(method="wilson"), checked in the tests): importing
-    # scipy.stats would cost a report seconds
-    z = NormalDist().inv_cdf(0.975)
-    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return 100.0 * (centre - half), 100.0 * (centre + half)
+    low, high = wilson_interval(accuracy * n, int(n))
+    return 100.0 * low, 100.0 * high
 
 
 def row_of(r: Results) -> Row:

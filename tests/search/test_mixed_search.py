@@ -92,7 +92,8 @@ def test_search_killed_and_resumed(tmp_path):
     front = json.loads((tmp_path / "sweep2" / "pareto_front.json").read_text())
     assert front["objectives"] == ["accuracy_drop", "size_mb"] and front["pareto_front"]
     assert {r["trial"] for r in front["pareto_front"]} <= {t.number for t in study.best_trials}
-    assert sorted(p.name for p in (tmp_path / "sweep2").iterdir() if p.is_dir()) == ["2", "3"]  # job == trial
+    assert sorted(p.name for p in (tmp_path / "sweep2").iterdir()
+                  if p.is_dir() and not p.name.startswith(".")) == ["2", "3"]  # job == trial
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("quantexp").experiment_id])
