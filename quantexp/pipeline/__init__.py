@@ -77,6 +77,8 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None,
 
     with stages("load_model"):
         bundle = load_model(exp.model, exp.seed, cache_dir)
+    if log is not None:
+        _log_datasets(log, exp, bundle)
     method_cls = get_method(exp.method.name)
     method = method_cls(exp.method, exp.precision, host)
     # Methods that train (qat, qat_finetune) log per-step/per-epoch metrics to this run.
@@ -206,6 +208,14 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None,
     if log is not None:
         log_results(log, results, output_dir)
     return results
+
+
+def _log_datasets(log, exp: ExperimentConfig, bundle) -> None:
+    """The test split (what every figure is measured on) as the run's MLflow input."""
+    source = {"quantexp.dataset": exp.model.dataset, "quantexp.family": bundle.family,
+              "quantexp.split": f"split_seed {exp.model.split_seed}, test_fraction {exp.model.test_fraction}"}
+    features = {name: x.numpy() for name, x in zip(bundle.input_names, bundle.test.inputs)}
+    log.log_dataset(f"{exp.model.dataset}-test", features, bundle.test.labels.numpy(), "test", source)
 
 
 def speedup_fields(speedup: dict[str, Any] | None, fp32: dict[str, Any], cand: dict[str, Any]) -> dict[str, Any]:
