@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from quantexp import progress
 from quantexp.analysis.accuracy import compare_predictions
 from quantexp.bench.memory import process_peak_rss_mb
 from quantexp.config import ExperimentConfig
@@ -42,16 +43,18 @@ from quantexp.runtimes import TorchRuntime, predict
 
 
 class StageTimer:
-    """Wall time per named stage, in the order the stages ran."""
+    """Wall time per named stage, in the order the stages ran; each stage is also a line
+    of the run's progress display (``quantexp.progress``)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str, shown_as: str | None = None) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            yield
+            with progress.stage(shown_as or name.replace("_", " ")):
+                yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
@@ -68,6 +71,12 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None,
 
     ``reference_cache``: a sweep's folder for the fp32 reference (exported and evaluated
     by the first job that needs it, re-timed by every job; ``pipeline.reference``)."""
+    with progress.display():
+        return _run(exp, output_dir, cache_dir, log, reference_cache)
+
+
+def _run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log,
+         reference_cache: Path | None) -> dict[str, Any]:
     stages = StageTimer()
     with stages("probe"):
         host = probe_host(exp.hardware)
@@ -141,7 +150,8 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None,
         candidates[label], preds[label] = evaluate(bundle, exported, model_for_bits, label, exp, host,
                                                    not_measured)
     timed[label] = (exported, candidates[label])
-    with stages("timing"):
+    runnable = [name for name, (exported, _) in timed.items() if exported.runtime is not None]
+    with stages("timing", "timing " + " vs ".join(runnable) + (" (interleaved)" if len(runnable) == 2 else "")):
         speedup = time_candidates(bundle, timed, exp)
     if "fp32" in candidates and not is_baseline:
         # after the timing keys (Candidate.extra comes last in results.json)
