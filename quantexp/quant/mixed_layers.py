@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from quantexp.config import ConfigError
+from quantexp.progress import track
+from quantexp.quant.graph_probe import forward_with_hooks
 
 if TYPE_CHECKING:
     from quantexp.models.base import Split
@@ -205,7 +207,7 @@ def saturating_layers(model: nn.Module, names: Iterable[str], inputs: tuple[torc
         def hook(_m, args, out, name=name):
             seen[name] = (args[0], out)
         hooks.append((inner, hook))
-    _forward_with_hooks(model, hooks, inputs)
+    forward_with_hooks(model, hooks, inputs)
     bad = {}
     for name, (x, out) in seen.items():
         inner = model.get_submodule(name).module
@@ -289,7 +291,8 @@ def _build_mixed(model: nn.Module, assignment: Mapping[str, Any], calibration: S
                 _set(model, name, wrapper)
             prepare(model, inplace=True)
             with torch.no_grad():
-                for inputs, _ in calibration.batches(batch_size):
+                batches = calibration.batches(batch_size)
+                for inputs, _ in track(batches, "calibration", total=-(-len(calibration) // batch_size)):
                     model(*inputs)
             convert(model, inplace=True)
     return model.eval()
@@ -337,23 +340,10 @@ def layer_dtypes(model: nn.Module, names: Iterable[str],
                 seen[name] = str(t.dtype).removeprefix("torch.")
         hooks.append((compute, hook))
     if example is not None:
-        _forward_with_hooks(model, hooks, example)
+        forward_with_hooks(model, hooks, example)
         for row in rows:
             row["kernel_input_dtype"] = seen.get(row["layer"], "not called")
     return rows
-
-
-def _forward_with_hooks(model: nn.Module, hooks: Iterable[tuple[nn.Module, Callable[..., Any]]],
-                        inputs: tuple[torch.Tensor, ...]) -> None:
-    """One ``model(*inputs)`` without gradients, with each (module, forward hook)
-    registered for that pass only."""
-    handles = [module.register_forward_hook(hook) for module, hook in hooks]
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
 
 
 # ------------------------------------------------------------------ size

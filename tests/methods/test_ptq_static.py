@@ -36,3 +36,56 @@ def test_w4a8_stores_4bit_values_in_int8_kernels():
     torch.manual_seed(0)
     q = quantexp.quantize(SmallCNN([16, 32], 64).eval(), "ptq_static", precision="w4a8", calibration=_images(64))
     assert weight_value_bits(q.model) <= 4
+
+
+class _GeluMLP(torch.nn.Module):
+    """in -> Linear -> GELU -> Dropout -> Linear -> ReLU -> Linear: only the second
+    Linear reads a GELU's output (through an eval-mode dropout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.act, self.drop = torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Dropout(0.1)
+        self.down, self.relu, self.head = torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.relu(self.down(self.drop(self.act(self.up(x))))))
+
+
+def test_layers_after_finds_the_readers_of_an_activation():
+    from quantexp.quant.graph_probe import layers_after
+
+    net = _GeluMLP().eval()
+    x = (torch.randn(8, 16),)
+    assert layers_after(net, ["gelu"], x) == ["down"]
+    assert layers_after(net, ["ReLU"], x) == ["head"]
+    assert layers_after(net, [], x) == []
+
+
+def test_layers_after_a_gelu_stay_float_on_both_paths(tiny_bert):
+    torch.manual_seed(0)
+    net = _GeluMLP().eval()
+    q = quantexp.quantize(net, "ptq_static", calibration=torch.randn(64, 16))  # FX traces this one
+    assert q.info["path"] == "fx_graph_mode" and q.info["kept_float_layers"] == ["down"]
+    # fused with its ReLU (torch.ao.nn.intrinsic.LinearReLU), but float
+    assert "quantized" not in type(q.model.down).__module__ and q.info["quantized_layers"] == 2
+    q = quantexp.quantize(net, "ptq_static", calibration=torch.randn(64, 16), overrides=["method.float_after=[]"])
+    assert q.info["kept_float_layers"] == [] and q.info["quantized_layers"] == 3
+
+
+def test_a_transformer_takes_the_eager_path_with_8bit_activations_checked_per_layer(tiny_bert):
+    from transformers import AutoModel
+
+    from quantexp.models.transformer.family import TextClassifier
+
+    encoder = AutoModel.from_pretrained(tiny_bert, local_files_only=True)
+    net = TextClassifier(encoder, 32, 2).eval()
+    ids = torch.randint(5, 60, (64, 12))
+    q = quantexp.quantize(net, "ptq_static", calibration=(ids, torch.ones_like(ids)))
+    assert q.info["path"] == "eager_per_layer" and q.info["reduce_range"] is False
+    # two encoder layers: each FFN down-projection reads the GELU and stays fp32
+    assert q.info["kept_float_layers"] == [f"encoder.encoder.layer.{i}.output.dense" for i in range(2)]
+    assert q.info["quantized_layers"] == 2 * 5 + 2  # q, k, v, attention out, FFN up per layer; pooler; head
+    assert set(q.info["reduce_range_layers"]) <= {n for n, _ in q.model.named_modules()}
+    with torch.no_grad():
+        agree = (net(ids, torch.ones_like(ids)).argmax(-1) == q.model(ids, torch.ones_like(ids)).argmax(-1)).float()
+    assert agree.mean() >= 0.9

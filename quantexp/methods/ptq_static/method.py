@@ -10,7 +10,11 @@ time is the int8 model. (torch 2.13 warns that this API is deprecated.)
 
 Models FX cannot trace (e.g. HuggingFace encoders with data-dependent control
 flow) fall back to eager mode with every Linear/Conv wrapped in its own
-quant/dequant pair: still static int8 kernels, without cross-layer fusion.
+quant/dequant pair (``quant.mixed_layers.build_mixed``): still static int8 kernels,
+without cross-layer fusion. There, activations get all 8 bits and each layer is
+checked against exact int8 arithmetic; one whose AVX2 kernel saturates is rebuilt
+with 7-bit activations (MiniLM: 7-bit everywhere cost 6 points on 500 items, 8 bits
+2). On both paths, layers that read a GELU's output stay fp32 (``method.float_after``).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from torch import nn
 
 from quantexp.methods.base import QuantizationMethod, QuantizedModel, count_modules
 from quantexp.progress import track
+from quantexp.quant.graph_probe import layers_after
 from quantexp.quant.int_grid import clamp_quantized_weights, weight_value_bits
 from quantexp.quant.layer_error import layer_error_info
+from quantexp.quant.mixed_layers import build_mixed
 from quantexp.quant.qconfig import KEPT_FLOAT, QUANTIZABLE, build_qconfig, count_quantized
 
 
@@ -32,27 +38,37 @@ class PTQStatic(QuantizationMethod):
     needs_calibration = True
 
     def quantize(self, bundle, calibration):
-        # Without VNNI, x86 int8 kernels (vpmaddubsw) can saturate 16-bit
-        # intermediates, so activations keep 7 bits (reduce_range). VNNI
-        # accumulates in 32 bits: the full 8-bit range is safe there.
+        # FX path: without VNNI, x86 int8 kernels (vpmaddubsw) can saturate 16-bit
+        # intermediates, so activations keep 7 bits (reduce_range); VNNI accumulates
+        # in 32 bits. The eager path checks each layer instead (module docstring).
         reduce_range = not self.host.cpu.has_vnni
         weight_bits = self.precision.weight_bits
         qconfig = build_qconfig(self.cfg.calibration.observer, self.precision.granularity, reduce_range,
                                 weight_bits)
         model = copy.deepcopy(bundle.model).eval()
         example = bundle.example_inputs(1)
+        kept = layers_after(model, self.cfg.float_after, example)
+        built: dict = {}
         try:
-            quantized, path = self._fx(model, qconfig, example, calibration), "fx_graph_mode"
+            quantized, path = self._fx(model, qconfig, example, calibration, kept), "fx_graph_mode"
             fallback_reason = ""
         except Exception as exc:  # torch.fx cannot trace data-dependent Python control flow
             fallback_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            model = copy.deepcopy(bundle.model).eval()
-            quantized, path = self._eager_per_layer(model, qconfig, calibration), "eager_per_layer"
+            # 8-bit activations, checked per layer for saturation (see the module docstring)
+            qconfig = build_qconfig(self.cfg.calibration.observer, self.precision.granularity, False, weight_bits)
+            assignment = {name: "fp32" if name in kept else "int8" for name, module in model.named_modules()
+                          if isinstance(module, QUANTIZABLE)}
+            quantized = build_mixed(bundle.model, assignment, calibration, reduce_range=False,
+                                    batch_size=self.cfg.calibration.batch_size, qconfig=qconfig, report=built)
+            path = "eager_per_layer"
         info = {
             "path": path,
             "observer": self.cfg.calibration.observer.value,
             "granularity": self.precision.granularity.value,
-            "reduce_range": reduce_range,
+            "reduce_range": reduce_range if path == "fx_graph_mode" else False,
+            # eager path: layers whose 8-bit kernel saturated, rebuilt with 7-bit activations
+            "reduce_range_layers": sorted(built.get("reduce_range_layers", {})),
+            "kept_float_layers": kept,
             "weight_bits": weight_bits,
             # 4-bit values are clamped to [-8, 7] inside the int8 weights (see int_grid.py).
             "weights_clamped_at_convert": clamp_quantized_weights(quantized, weight_bits),
@@ -71,38 +87,21 @@ class PTQStatic(QuantizationMethod):
     def _calibrate(self, model: nn.Module, calibration) -> None:
         with torch.inference_mode():
             batches = calibration.batches(self.cfg.calibration.batch_size)
-            for inputs, _ in track(batches, "calibration", total=-(-len(calibration) // self.cfg.calibration.batch_size)):
+            n_batches = -(-len(calibration) // self.cfg.calibration.batch_size)
+            for inputs, _ in track(batches, "calibration", total=n_batches):
                 model(*inputs)
 
-    def _fx(self, model, qconfig, example, calibration):
+    def _fx(self, model, qconfig, example, calibration, kept: list[str]):
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
         # Keep the backend's special cases (fixed-qparam ops such as sigmoid);
         # override the global qconfig with the configured observers.
         mapping = get_default_qconfig_mapping(torch.backends.quantized.engine).set_global(qconfig)
+        for name in kept:
+            mapping.set_module_name(name, None)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             prepared = prepare_fx(model, mapping, example_inputs=example)
             self._calibrate(prepared, calibration)
             return convert_fx(prepared)
-
-    def _eager_per_layer(self, model, qconfig, calibration):
-        from torch.ao.quantization import QuantWrapper, convert, prepare
-
-        def wrap(parent: nn.Module) -> None:
-            for name, child in parent.named_children():
-                if isinstance(child, QUANTIZABLE):
-                    wrapper = QuantWrapper(child)
-                    wrapper.qconfig = qconfig
-                    setattr(parent, name, wrapper)
-                else:
-                    wrap(child)
-
-        wrap(model)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            prepare(model, inplace=True)
-            self._calibrate(model, calibration)
-            convert(model, inplace=True)
-        return model
