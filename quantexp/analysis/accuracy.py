@@ -8,6 +8,7 @@ comparison would drown a small delta in between-item variance.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -61,6 +62,16 @@ def _as_bool(x: np.ndarray, name: str) -> np.ndarray:
     if not np.isin(x, (0, 1)).all():
         raise ValueError(f"{name} must be boolean (or 0/1) per item")
     return x.astype(bool)
+
+
+def wilson_interval(correct: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95% by default)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def accuracy(preds: ArrayLike, labels: ArrayLike) -> float:
