@@ -132,6 +132,11 @@ def run_drift(module, reference, bundle, cfg, exp, log) -> dict[str, Any]:
     summary = {"drift.windows": cfg.windows, "drift.window_items": cfg.window,
                "drift.target_agreement": cfg.target_agreement, "drift.shadow_share": cfg.shadow,
                "drift.windows_met.controller": met["controller"], "drift.windows_met.fixed": met["fixed"]}
+    for arm in ARMS:  # what meeting (or missing) the target cost: escalations, agreement
+        mine = [r for r in rows if r["arm"] == arm]
+        summary[f"drift.mean_escalated_share.{arm}"] = float(np.mean([r["escalated_share"] for r in mine]))
+        summary[f"drift.mean_agreement.{arm}"] = float(np.mean([r["true_agreement"] for r in mine]))
+        summary[f"drift.min_agreement.{arm}"] = float(np.min([r["true_agreement"] for r in mine]))
     if log is not None:
         log.log_metrics(summary)
     return {**summary, "tables": {"drift_windows": rows}, "figures": {"drift": str(_plot(rows, cfg))}}
