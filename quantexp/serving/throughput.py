@@ -44,7 +44,7 @@ def time_passes(sides: dict[str, Callable[[int], object]], n_batches: int, items
         rounds += 1
         if rounds >= min_rounds and min(spent.values()) >= min_seconds:
             break
-        if max(spent.values()) >= max_seconds:
+        if rounds >= 2 and max(spent.values()) >= max_seconds:  # a CI needs two passes
             break
     totals = {label: np.asarray(calls[label]).sum(axis=1) for label in labels}  # ms per pass
     rng = np.random.default_rng(seed)

@@ -97,3 +97,4 @@ def test_bad_arguments_are_refused():
         calibrate_threshold(np.ones(3), np.ones(3, bool), np.ones(3, bool), reference_score=1.0, target_points=101)
     with pytest.raises(ValueError, match="one confidence"):
         calibrate_threshold(np.ones(3), np.ones(2, bool), np.ones(3, bool), reference_score=1.0, target_points=1)
+

@@ -118,15 +118,15 @@ def run_drift(module, reference, bundle, cfg, exp, log) -> dict[str, Any]:
                     # The shadow items' fp32 answers are all the controller learns.
                     controller.observe(parts["confidence"][shadow], low_pred[shadow] == fp32_pred[shadow],
                                        forced=parts["routed"][shadow])
-                    estimate = controller.estimate()
+                    # None until a shadow item was seen (results.json has no NaN)
                     row.update(shadow_items=int(shadow.sum()), pool_items=len(controller),
-                               agreement_estimate=estimate if estimate is not None else float("nan"))
+                               agreement_estimate=controller.estimate())
                     thresholds[arm] = controller.update()
                 met[arm] += int(row["met"])
                 rows.append(row)
                 if log is not None:
                     log.log_metrics({f"drift.{arm}.{k}": v for k, v in row.items()
-                                     if k not in ("arm", "window") and not isinstance(v, str)}, step=w)
+                                     if k not in ("arm", "window") and v is not None}, step=w)
     finally:
         module.threshold.fill_(start_threshold)
     summary = {"drift.windows": cfg.windows, "drift.window_items": cfg.window,
@@ -154,8 +154,8 @@ def _plot(rows: list[dict[str, Any]], cfg) -> Path:
         w = [r["window"] for r in mine]
         axes[0].plot(w, [100 * r["true_agreement"] for r in mine], style, marker="o", label=f"{arm}: true")
         if arm == "controller":
-            axes[0].plot(w, [100 * r["agreement_estimate"] for r in mine], ":", marker="x",
-                         label="controller: shadow estimate")
+            estimates = [np.nan if r["agreement_estimate"] is None else 100 * r["agreement_estimate"] for r in mine]
+            axes[0].plot(w, estimates, ":", marker="x", label="controller: shadow estimate")
         axes[1].plot(w, [r["threshold"] for r in mine], style, marker="o", label=arm)
         axes[2].plot(w, [100 * r["escalated_share"] for r in mine], style, marker="o", label=arm)
     axes[0].axhline(100 * cfg.target_agreement, color="red", lw=0.8, label="target")

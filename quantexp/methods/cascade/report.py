@@ -15,8 +15,9 @@ from quantexp.analysis.accuracy import wilson_interval
 from quantexp.methods.cascade.method import decide_all
 from quantexp.serving.throughput import time_passes
 
-# Passes over at most this many bench batches of test items (MiniLM: ~0.25 s a batch).
-MAX_TIMING_BATCHES = 64
+# Passes over at most this many bench batches of test items (MiniLM at batch 16: ~0.3 s
+# a batch on a quiet 2-core host, so ~10 s a pass per side).
+MAX_TIMING_BATCHES = 32
 
 
 def measure_cascade(module, bundle, reference, preds: dict[str, Any], exp, log) -> dict[str, Any]:
