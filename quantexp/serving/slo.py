@@ -7,14 +7,15 @@ batch served) and, at each interval boundary, an estimate of the offered load: t
 arrival rate of the last interval (smoothed) plus the backlog, which must also drain.
 For each configuration it predicts the p99 latency at that load: the time a request
 waits for its batch to fill (at most ``max_wait``), the batch's service time, and a
-queueing term that grows as utilisation nears 1 (ln 100 * rho / (2 (1 - rho)) service
-times: the M/D/1 mean wait, whose service times do not vary, stretched by the ln 100
-of an exponential tail to its 99th percentile; pessimistic, which the utilisation cap
-and the backlog check below are there for). Among the configurations predicted to meet the SLO below a
-utilisation cap it takes the most preferred precision (higher precision first: the
-SLO is a constraint, accuracy the thing to keep), then the lowest predicted latency;
-when none is predicted to, the one with the most capacity. Between intervals, a
-backlog the current configuration cannot clear within half the SLO (a step in load)
+queueing term that grows as utilisation rho nears 1: ln 100 * rho / (2 (1 - rho))
+service times, the M/D/1 mean wait (service times that do not vary) stretched by the
+ln 100 of an exponential tail to its 99th percentile. That is a rough, pessimistic
+model; it only has to rank configurations, and a backlog check makes up for its
+errors. Among the configurations predicted to meet the SLO below a utilisation cap
+it takes the most preferred precision (higher precision first: the SLO is the
+constraint, accuracy the thing to keep), then the lowest predicted latency; when
+none is predicted to, the one with the most capacity. Between intervals, a backlog
+the current configuration cannot clear within half the SLO (a step in load)
 switches at once (``before_batch``): an interval is too long to wait for.
 """
 

@@ -90,6 +90,23 @@ def test_text_routing_by_length_and_unseen_tokens():
     assert fp16(torch.randn(3, 4)).dtype == torch.float32 and fp16.model.weight.dtype == torch.float16
 
 
+def test_drift_noise_stays_in_range_and_substitutes_only_inside_texts():
+    from quantexp.methods.cascade.drift import noisy_window
+
+    rng = np.random.default_rng(0)
+    x = torch.rand(50, 1, 4, 4) * 3 - 1  # values in [-1, 2]
+    (noisy,) = noisy_window((x,), 0.3, rng, (-1.0, 2.0), None)
+    assert noisy.min() >= -1.0 and noisy.max() <= 2.0 and not torch.equal(noisy, x)
+    assert noisy_window((x,), 0.0, rng, (-1.0, 2.0), None)[0] is x
+    ids = torch.tensor([[101, 5, 6, 7, 8, 102, 0, 0]] * 20)
+    mask = (ids > 0).long()
+    new_ids, new_mask = noisy_window((ids, mask), 0.5, rng, (0.0, 1.0), np.array([40, 41]))
+    changed = new_ids != ids
+    assert changed.any() and torch.equal(new_mask, mask)
+    assert not changed[:, [0, 5, 6, 7]].any()  # [CLS], [SEP] and padding stay
+    assert set(new_ids[changed].tolist()) <= {40, 41}
+
+
 def test_the_holdout_never_overlaps_the_calibration_set():
     from quantexp.methods.cascade.method import draw_holdout
     from quantexp.models.base import Split
@@ -154,6 +171,11 @@ def test_run_py_refuses_out_of_range_before_any_model_loads(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: method.threshold must be in [0, 1], got -0.1"
     assert not (tmp_path / "cache").exists() and not (tmp_path / "mlflow.db").exists()
+    # a scenario runs on the cascade: another method has no scenario to run
+    proc = run_py(["+scenario=drift", "method=ptq_static"], tmp_path, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: In 'scenario/drift': ConfigKeyError raised while composing config: Key 'scenario' not in "
+        "'PTQStaticConfig'")
 
 
 # ------------------------------------------------------------ end to end, tiny

@@ -147,6 +147,7 @@ def _plot(rows: list[dict[str, Any]], cfg) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(3, 1, figsize=(7, 8), sharex=True)
     for arm, style in zip(ARMS, ("--", "-")):
@@ -163,6 +164,7 @@ def _plot(rows: list[dict[str, Any]], cfg) -> Path:
     axes[1].set_ylabel("threshold")
     axes[2].set_ylabel("escalated %")
     axes[2].set_xlabel(f"window ({cfg.window} items; noise 0 -> {cfg.noise_max:g})")
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
