@@ -16,6 +16,7 @@ multirun it is raised so that only that job fails and the sweep goes on.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
@@ -40,6 +41,9 @@ COMMANDS = {
     "run": "run one experiment, or a sweep with -m (what `python run.py` does)",
     "check": "validate a configuration without running it (`python run.py --check`)",
     "report": "compare runs: table, Pareto fronts, report.html (`quantexp report --help`)",
+    "compare": "did a candidate run regress against a baseline? (`quantexp compare --help`)",
+    "baseline": "pin the baseline run `compare --baseline @name` uses (`quantexp baseline --help`)",
+    "history": "one configuration over time: accuracy and latency per run/commit (`quantexp history --help`)",
 }
 
 
@@ -56,8 +60,24 @@ register_help()
 warnings.filterwarnings("ignore", message=r"hydra\.utils\.instantiate\(\) resolved _target_='quantexp\.")
 
 
+def _run_log_only() -> logging.Logger | None:
+    """Send library warnings (``warnings.warn``) to this job's run.log instead of the
+    terminal, and return a logger that writes to run.log only (the summary goes there
+    too). Hydra sets up a file handler per job, so this is redone for every job."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not files:
+        return None
+    logging.captureWarnings(True)
+    for name in ("py.warnings", "quantexp.summary"):
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate = list(files), False
+        logger.setLevel(logging.INFO)
+    return logging.getLogger("quantexp.summary")
+
+
 def run_job(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
+    run_log = _run_log_only()
     output_dir = Path(hc.runtime.output_dir)
     project_root = Path(hc.runtime.cwd)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -83,6 +103,10 @@ def run_job(cfg: DictConfig) -> float | None:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
+    if run_log is not None:
+        from quantexp.report.summary import summary_text
+
+        run_log.info("summary\n%s", summary_text(results))
     if exp.eval.gate_fails_run and results["gate"]["passed"] is False:
         from quantexp.tracking import EXIT
 
@@ -226,6 +250,14 @@ def main(argv: list[str] | None = None) -> None:
         from quantexp.report.command import main as report
 
         sys.exit(report(rest))
+    if command in ("compare", "baseline"):
+        from quantexp.regression import command as regression
+
+        sys.exit((regression.compare_main if command == "compare" else regression.baseline_main)(rest))
+    if command == "history":
+        from quantexp.regression.history import main as history
+
+        sys.exit(history(rest))
     if command == "check":
         command, rest = "run", ["--check", *rest]
     sys.argv = [f"quantexp {command}", *rest]

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from quantexp import progress
 from quantexp.analysis.accuracy import compare_predictions
 from quantexp.bench.memory import process_peak_rss_mb
 from quantexp.config import ExperimentConfig
@@ -42,16 +43,18 @@ from quantexp.runtimes import TorchRuntime, predict
 
 
 class StageTimer:
-    """Wall time per named stage, in the order the stages ran."""
+    """Wall time per named stage, in the order the stages ran; each stage is also a line
+    of the run's progress display (``quantexp.progress``)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
+    def __call__(self, name: str, shown_as: str | None = None) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            yield
+            with progress.stage(shown_as or name.replace("_", " ")):
+                yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
@@ -68,6 +71,12 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None,
 
     ``reference_cache``: a sweep's folder for the fp32 reference (exported and evaluated
     by the first job that needs it, re-timed by every job; ``pipeline.reference``)."""
+    with progress.display():
+        return _run(exp, output_dir, cache_dir, log, reference_cache)
+
+
+def _run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log,
+         reference_cache: Path | None) -> dict[str, Any]:
     stages = StageTimer()
     with stages("probe"):
         host = probe_host(exp.hardware)
@@ -77,6 +86,8 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None,
 
     with stages("load_model"):
         bundle = load_model(exp.model, exp.seed, cache_dir)
+    if log is not None:
+        _log_datasets(log, exp, bundle)
     method_cls = get_method(exp.method.name)
     method = method_cls(exp.method, exp.precision, host)
     # Methods that train (qat, qat_finetune) log per-step/per-epoch metrics to this run.
@@ -129,12 +140,11 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None,
             exported = exporter.load(path)
         model_for_bits = None
 
-    info = dict(info)
-    if "param_bits" in info:  # stored bits the artifact's state_dict cannot show (a scripted cascade)
-        exported.param_bits = info.pop("param_bits")
     # Methods may return tables (e.g. per-layer SQNR) under info["tables"]:
     # {name: [row dict, ...]}; they are written as CSV artifacts, not flattened.
     info = dict(info)
+    if "param_bits" in info:  # stored bits the artifact's state_dict cannot show (a scripted cascade)
+        exported.param_bits = info.pop("param_bits")
     tables = info.pop("tables", {})
     # ... and figures: {name: path of an image} -> <output_dir>/figures + MLflow artifacts.
     figures = info.pop("figures", {})
@@ -142,7 +152,8 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None,
         candidates[label], preds[label] = evaluate(bundle, exported, model_for_bits, label, exp, host,
                                                    not_measured)
     timed[label] = (exported, candidates[label])
-    with stages("timing"):
+    runnable = [name for name, (exported, _) in timed.items() if exported.runtime is not None]
+    with stages("timing", "timing " + " vs ".join(runnable) + (" (interleaved)" if len(runnable) == 2 else "")):
         speedup = time_candidates(bundle, timed, exp)
     if "fp32" in candidates and not is_baseline:
         # after the timing keys (Candidate.extra comes last in results.json)
@@ -217,6 +228,14 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None,
     if log is not None:
         log_results(log, results, output_dir)
     return results
+
+
+def _log_datasets(log, exp: ExperimentConfig, bundle) -> None:
+    """The test split (what every figure is measured on) as the run's MLflow input."""
+    source = {"quantexp.dataset": exp.model.dataset, "quantexp.family": bundle.family,
+              "quantexp.split": f"split_seed {exp.model.split_seed}, test_fraction {exp.model.test_fraction}"}
+    features = {name: x.numpy() for name, x in zip(bundle.input_names, bundle.test.inputs)}
+    log.log_dataset(f"{exp.model.dataset}-test", features, bundle.test.labels.numpy(), "test", source)
 
 
 def speedup_fields(speedup: dict[str, Any] | None, fp32: dict[str, Any], cand: dict[str, Any]) -> dict[str, Any]:

@@ -73,37 +73,75 @@ def quality_gate(comparison: dict[str, float], max_drop: float | None) -> dict[s
             "accuracy_drop_ci_high": high, "verdict": verdict, "passed": passed}
 
 
-def metrics_of(results: dict[str, Any]) -> dict[str, float]:
-    """The flat metric names logged to MLflow (and shown by the summary table)."""
+# MLflow metric names: the method's artifact under "candidate.", the fp32 artifact it was
+# compared with under "fp32.", the comparison under "vs_fp32.", so that runs of different
+# methods chart on the same keys. Accuracy is in percent, as the terminal shows it.
+CANDIDATE, REFERENCE, VERSUS = "candidate.", "fp32.", "vs_fp32."
+_VERSUS_NAMES = {  # comparison key -> (metric name, scale)
+    "accuracy_delta": ("accuracy_delta_pts", 100.0), "accuracy_delta_ci_low": ("accuracy_delta_ci_low_pts", 100.0),
+    "accuracy_delta_ci_high": ("accuracy_delta_ci_high_pts", 100.0), "agreement_fp32": ("agreement_pct", 100.0),
+    "mcnemar_p": ("mcnemar_p", 1.0), "mcnemar_b": ("mcnemar_b", 1.0), "mcnemar_c": ("mcnemar_c", 1.0),
+    "n_items": ("n_items", 1.0), "speedup_p50": ("speedup", 1.0), "speedup_ci_low": ("speedup_ci_low", 1.0),
+    "speedup_ci_high": ("speedup_ci_high", 1.0), "speedup_noisy": ("speedup_noisy", 1.0),
+    "size_ratio": ("size_ratio", 1.0),
+}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float, bool, np.number)) and value is not None
+
+
+def candidate_metrics(cand: dict[str, Any], prefix: str) -> dict[str, float]:
+    """One artifact's figures: accuracy_pct, latency.*, sizes, memory, export times, parity.*"""
     metrics: dict[str, float] = {}
+    if cand["accuracy"] is not None:
+        metrics[f"{prefix}accuracy_pct"] = 100.0 * cand["accuracy"]
+    for key, value in cand["latency"].items():
+        metrics[f"{prefix}latency.{key}"] = value
+    for key in ("peak_rss_mb", "peak_gpu_mb", "size_bytes", "bits_per_param", "export_time_s", "artifact_load_time_s"):
+        if cand[key] is not None:
+            metrics[f"{prefix}{key}"] = cand[key]
+    # Artifact vs in-memory fp32 model, measured by the exporter (Exported.info parity.*).
+    for key, value in cand.items():
+        if key.startswith("export.parity."):
+            metrics[prefix + key.removeprefix("export.")] = value
+    return metrics
+
+
+def metrics_of(results: dict[str, Any]) -> dict[str, float]:
+    """The flat metric names logged to MLflow (see CANDIDATE, REFERENCE, VERSUS)."""
+    label = results["method"]["name"]
+    metrics = candidate_metrics(results["candidates"][label], CANDIDATE)
+    if label != "fp32" and "fp32" in results["candidates"]:
+        metrics.update(candidate_metrics(results["candidates"]["fp32"], REFERENCE))
     for key, value in results["comparison"].items():
-        metrics[key] = value
-    for label, cand in results["candidates"].items():
-        prefix = "" if label != "fp32" or results["method"]["name"] == "fp32" else "fp32."
-        for key, value in cand["latency"].items():
-            metrics[f"{prefix}latency.{key}"] = value
-        for key in ("accuracy", "peak_rss_mb", "peak_gpu_mb", "size_bytes", "bits_per_param", "export_time_s",
-                    "artifact_load_time_s"):
-            if cand[key] is not None:
-                metrics[f"{prefix}{key}"] = cand[key]
-        # Artifact vs in-memory fp32 model, measured by the exporter (Exported.info parity.*).
-        for key, value in cand.items():
-            if key.startswith("export.parity."):
-                metrics[prefix + key.removeprefix("export.")] = value
+        if key in _VERSUS_NAMES and _number(value):
+            name, scale = _VERSUS_NAMES[key]
+            metrics[VERSUS + name] = scale * value
     for stage, seconds in results["stages_s"].items():
         metrics[f"time.{stage}_s"] = seconds
-    metrics["time.quantize_s"] = results["method"]["quantize_time_s"]
     metrics["time.model_load_s"] = results["model"]["load_time_s"]
     metrics.update({k: v for k, v in results["calibration"].items()})
+    # the method's own numeric facts (layers quantized, SQNR, ...) are metrics, so they chart
+    metrics.update({f"method.{k}": v for k, v in results["method"].items() if _number(v)})
     metrics["process_peak_rss_mb"] = results["process_peak_rss_mb"]
-    if results["gate"]["passed"] is not None:
-        metrics["gate.passed"] = float(results["gate"]["passed"])
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float, bool, np.number))
-            and v is not None}
+    gate = results["gate"]
+    if gate["passed"] is not None:
+        metrics["gate.passed"] = float(gate["passed"])
+    return {k: float(v) for k, v in metrics.items() if _number(v)}
+
+
+def mlflow_metric_name(not_measured_key: str, label: str) -> str:
+    """results.json's "<label>.<metric>" of a figure not measured -> its MLflow name."""
+    owner, _, metric = not_measured_key.partition(".")
+    prefix = REFERENCE if owner == "fp32" and label != "fp32" else CANDIDATE
+    return prefix + ("accuracy_pct" if metric == "accuracy" else metric)
 
 
 def log_results(log, results: dict[str, Any], output_dir: Path) -> None:
     log.log_metrics(metrics_of(results))
+    # per-item predictions: what `quantexp compare` pairs two runs' accuracy on
+    log.log_artifact(Path(results["predictions_path"]))
     for name in results["tables"]:
         log.log_artifact(output_dir / "tables" / f"{name}.csv", "tables")
     for path in results.get("figures", {}).values():
@@ -114,13 +152,16 @@ def log_results(log, results: dict[str, Any], output_dir: Path) -> None:
     if results.get("budget"):
         log.log_params({f"budget.{k}": v for k, v in results["budget"].items()})
         log.set_tags({"quantexp.budget": "met" if results["budget"]["met"] else "NOT MET"})
-    for metric, reason in results["not_measured"].items():
-        log.mark_not_measured(metric, reason.removeprefix("not measured on this host: "))
+    label = results["method"]["name"]
+    for key, reason in results["not_measured"].items():
+        log.mark_not_measured(mlflow_metric_name(key, label), reason.removeprefix("not measured on this host: "))
+    # what is not a number (the path taken, the observer) stays a param
     log.log_params({f"result.method.{k}": v for k, v in results["method"].items()
-                    if not isinstance(v, (dict, list))})
-    log.set_tags({"quantexp.gate": {None: "not set", True: "passed", False: "FAILED"}[
-        results["gate"]["passed"]]})
+                    if not isinstance(v, (dict, list)) and not _number(v)})
+    gate = results["gate"]
+    log.set_tags({"quantexp.gate": "not set" if gate["max_accuracy_drop"] is None
+                  else gate.get("verdict") or {True: "passed", False: "failed", None: "inconclusive"}[gate["passed"]]})
 
 
 
-__all__ = ["PREDICTIONS", "metrics_of", "objective_values", "quality_gate", "save_predictions", "log_results"]
+__all__ = ["CANDIDATE", "PREDICTIONS", "REFERENCE", "VERSUS", "candidate_metrics", "metrics_of", "mlflow_metric_name", "objective_values", "quality_gate", "save_predictions", "log_results"]

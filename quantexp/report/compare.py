@@ -11,12 +11,11 @@ never as zero, and keeps the run off the fronts it cannot be placed on.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from statistics import NormalDist
 
+from quantexp.analysis.accuracy import wilson_interval
 from quantexp.analysis.pareto import pareto_front
 from quantexp.bench.interleaved import describe_speedup
 from quantexp.files import atomic_write_csv, atomic_write_text
@@ -75,13 +74,8 @@ def _pct(value: float | None) -> float | None:
 def _wilson(accuracy: float | None, n: float | None) -> tuple[float | None, float | None]:
     if accuracy is None or not n:
         return None, None
-    # Wilson's score interval in closed form (the same numbers as scipy's
-    # binomtest(...).proportion_ci(method="wilson"), checked in the tests): importing
-    # scipy.stats would cost a report seconds
-    z = NormalDist().inv_cdf(0.975)
-    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return 100.0 * (centre - half), 100.0 * (centre + half)
+    low, high = wilson_interval(accuracy * n, int(n))
+    return 100.0 * low, 100.0 * high
 
 
 def row_of(r: Results) -> Row:
@@ -145,6 +139,18 @@ def comparison_rows(results: Sequence[Results]) -> list[Row]:
     return rows
 
 
+def best_row(rows: Sequence[Row], max_drop_pts: float | None = None) -> Row | None:
+    """The candidate a user would ship: the fastest (p50) quantized run whose drop is
+    within ``max_drop_pts`` (default 1 point) and whose gate did not fail; if none is,
+    the one that loses the least. None when nothing was measured."""
+    limit = 1.0 if max_drop_pts is None else max_drop_pts
+    measured = [r for r in rows if r.method != "fp32" and r.drop_pts is not None]
+    within = [r for r in measured if r.drop_pts <= limit and r.gate != "FAILED" and r.p50_ms is not None]
+    if within:
+        return min(within, key=lambda r: r.p50_ms)
+    return min(measured, key=lambda r: r.drop_pts) if measured else None
+
+
 def _cell(value: object, spec: str = ".2f") -> str:
     if value is None:
         return NOT_MEASURED
@@ -199,5 +205,5 @@ def write_tables(rows: Sequence[Row], out_dir: Path) -> dict[str, Path]:
             "comparison.md": atomic_write_text(out_dir / "comparison.md", to_markdown(rows))}
 
 
-__all__ = ["COLUMNS", "NOT_MEASURED", "ReportError", "Row", "comparison_rows", "row_of", "table_cells",
+__all__ = ["best_row", "COLUMNS", "NOT_MEASURED", "ReportError", "Row", "comparison_rows", "row_of", "table_cells",
            "to_markdown", "write_tables"]

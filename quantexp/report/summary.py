@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -62,6 +63,13 @@ def gate_text(gate) -> str:
     ci = ("" if gate.accuracy_drop_ci_low is None
           else f", CI [{gate.accuracy_drop_ci_low:.2f}, {gate.accuracy_drop_ci_high:.2f}]")
     return f"{'FAILED' if verdict == 'failed' else verdict} (drop {gate.accuracy_drop_points:.2f} pts{ci})"
+
+
+def summary_text(results: Results | Mapping[str, Any]) -> str:
+    """The summary as plain text (the MLflow run's description shows it)."""
+    console = Console(record=True, width=170, file=io.StringIO())
+    print_summary(results, console)
+    return console.export_text()
 
 
 def print_summary(results: Results | Mapping[str, Any], console: Console | None = None) -> None:

@@ -76,7 +76,7 @@ def check_sweep(tmp: Path, proc: subprocess.CompletedProcess, family: str) -> No
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     for child in children:
         assert child.info.status == "FINISHED"
-        assert "accuracy" in child.data.metrics and "latency.p50_ms" in child.data.metrics
+        assert "candidate.accuracy_pct" in child.data.metrics and "candidate.latency.p50_ms" in child.data.metrics
         assert child.data.params["model.name"]
         assert child.data.tags["host.threads"] and child.data.tags["version.torch"]
 
@@ -114,6 +114,12 @@ def check_sweep_report(tmp: Path, proc: subprocess.CompletedProcess) -> None:
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.html", "report/comparison.csv", "report/comparison.md"} <= logged
+    # the parent: named by date and what was swept, the table as its description, the best candidate
+    assert " sweep " in parent.info.run_name and "+experiment=families" in parent.info.run_name
+    assert "| ptq_static |" in parent.data.tags["mlflow.note.content"]
+    best = parent.data.tags["quantexp.best"]
+    assert best.split()[1].split("@")[0] in ("ptq_static", "ptq_dynamic")
+    assert {"best.accuracy_pct", "best.drop_pts", "best.size_mb"} <= set(parent.data.metrics)
     # the same report from the runs in MLflow, through the command
     out = tmp / "from_mlflow"
     again = subprocess.run([sys.executable, "-m", "quantexp", "report", "--experiment", "quantexp",

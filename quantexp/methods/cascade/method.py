@@ -143,7 +143,7 @@ class Cascade(QuantizationMethod):
         runtime = exported.runtime
         if runtime is None:
             return {}
-        extra = measure_cascade(runtime.module, bundle, reference, preds, exp, self.log)
+        extra = measure_cascade(runtime.module, bundle, reference, preds, exp)
         scenario = _value(self.cfg.scenario)
         if scenario == "drift":
             from quantexp.methods.cascade.drift import run_drift

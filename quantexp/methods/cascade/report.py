@@ -20,7 +20,9 @@ from quantexp.serving.throughput import time_passes
 MAX_TIMING_BATCHES = 32
 
 
-def measure_cascade(module, bundle, reference, preds: dict[str, Any], exp, log) -> dict[str, Any]:
+def measure_cascade(module, bundle, reference, preds: dict[str, Any], exp) -> dict[str, Any]:
+    """Facts for results.json's method section (the pipeline logs the numbers among them
+    as ``method.*`` MLflow metrics) and the throughput table."""
     test = bundle.test
     labels = test.labels.numpy()
     parts = decide_all(module, test.inputs, exp.eval.batch_size)
@@ -48,8 +50,6 @@ def measure_cascade(module, bundle, reference, preds: dict[str, Any], exp, log) 
     timing = _time_over_test(module, bundle, reference, exp)
     for label, row in timing.items():
         facts.update({f"passes.{label}.{k}": v for k, v in row.items()})
-    if log is not None:
-        log.log_metrics({f"cascade.{k}": v for k, v in facts.items() if isinstance(v, (int, float))})
     rows = [{"model": label, **row} for label, row in timing.items()]
     return {**facts, "tables": {"cascade_throughput": rows}}
 
