@@ -36,7 +36,7 @@ def measure_cascade(module, bundle, reference, preds: dict[str, Any], exp) -> di
     }
     for name, pred in (("cascade", cascade_pred), ("low", low_pred)):
         correct = int((pred == labels).sum())
-        low, high = wilson_interval(correct, n)
+        low, high = wilson_interval(correct, n, exp.eval.confidence)
         facts.update({f"{name}.accuracy": correct / n, f"{name}.accuracy_ci_low": low,
                       f"{name}.accuracy_ci_high": high})
     fp32_pred = preds.get("fp32")
