@@ -91,11 +91,16 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="quantexp-cascade-"))
-    print(f"before: {load_note()}")
+    before = load_note()
+    print(f"before: {before}")
     results = {model: run(model, args.overrides, work) for model in args.models.split(",")}
-    print(f"after: {load_note()}")
+    after = load_note()
+    print(f"after: {after}")
     for model, r in results.items():
         report(model, r)
+    if "UNDER LOAD" in before + after:
+        print("\nSPEED FIGURES ABOVE WERE MEASURED UNDER LOAD: do not quote them; rerun on a quiet machine "
+              "(accuracy, agreement and escalation figures do not depend on it)")
     print(f"\nruns and MLflow store under {work}")
 
 
