@@ -174,6 +174,9 @@ def _refuse_what_hydra_cannot_compose(args: list[str]) -> None:
         if "Available options" in str(exc):  # an unknown group option: list the valid ones
             options = [line for line in lines[1:] if line and " " not in line]
             reason += f" (options: {', '.join(options)})" if options else ""
+        elif reason.endswith(":") and len(lines) > 1:
+            # "In 'scenario/drift': ConfigKeyError raised while composing config:" + which key
+            reason += f" {lines[1]}"
         elif exc.__cause__ is not None and str(exc.__cause__).strip():
             # "Error merging override model.hidden=abc" + why: "Value 'abc' ... not be converted"
             reason += f": {str(exc.__cause__).strip().splitlines()[0]}"

@@ -80,6 +80,10 @@ def check_calibration(exp: ExperimentConfig) -> None:
     if size > available:
         raise ConfigError(f"method.calibration.size={size} is larger than the training set "
                           f"({available} items); choose at most {available}")
+    needed = exp.method.training_items()
+    if needed > available:  # e.g. a cascade's threshold holdout on top of the calibration set
+        raise ConfigError(f"method={exp.method.name} needs {needed} training items (calibration and "
+                          f"held-out items) but the training set has {available}")
 
 
 def check_assignment(exp: ExperimentConfig) -> None:

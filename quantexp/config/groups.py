@@ -119,6 +119,11 @@ class MethodConfig(_Schema):
     def validate(self) -> None:
         require_positive(self.calibration, "size", "batch_size", prefix="method.calibration")
 
+    def training_items(self) -> int:
+        """Training items the method draws (its calibration set; method=cascade adds the
+        items it calibrates its threshold on): the pre-flight refuses more than there are."""
+        return self.calibration.size
+
     def check(self, exp: "ExperimentConfig") -> dict[str, Any]:
         """Cross-group rules of this method (run by ``check_compatibility`` before any
         model loads). Returns the values it resolves ({field: value}); never mutates."""

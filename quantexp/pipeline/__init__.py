@@ -143,6 +143,8 @@ def _run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log,
     # Methods may return tables (e.g. per-layer SQNR) under info["tables"]:
     # {name: [row dict, ...]}; they are written as CSV artifacts, not flattened.
     info = dict(info)
+    if "param_bits" in info:  # stored bits the artifact's state_dict cannot show (a scripted cascade)
+        exported.param_bits = info.pop("param_bits")
     tables = info.pop("tables", {})
     # ... and figures: {name: path of an image} -> <output_dir>/figures + MLflow artifacts.
     figures = info.pop("figures", {})
@@ -174,6 +176,14 @@ def _run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log,
         comparison.update(speedup_fields(speedup, candidates["fp32"], candidates[label]))
         comparison["size_ratio"] = candidates[label]["size_bytes"] / candidates["fp32"]["size_bytes"]
     gate = quality_gate(comparison, exp.eval.max_accuracy_drop)
+    # A method may measure more on its own loaded artifact (method=cascade: the share it
+    # escalates, its low-precision model alone, its drift and SLO scenarios).
+    if hasattr(method, "after_measure"):
+        with stages("after_measure"):
+            extra = dict(method.after_measure(bundle, exported, fp32_exported, preds, exp))
+        tables.update(extra.pop("tables", {}))
+        figures.update(extra.pop("figures", {}))
+        info.update(extra)
     # A method solving for a budget (method=mixed, strategy=auto) re-checks it on the
     # measured numbers: the prediction it solved with is not the answer.
     check_measured = getattr(method, "check_measured", None)
