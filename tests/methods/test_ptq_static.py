@@ -63,16 +63,16 @@ def test_layers_after_finds_the_readers_of_an_activation():
     assert layers_after(net, [], x) == []
 
 
-def test_a_layer_after_a_gelu_runs_dynamic_int8_or_as_configured():
+def test_a_layer_after_a_gelu_stays_float_or_runs_as_configured():
     import torch.ao.nn.quantized.dynamic as nnqd
 
     torch.manual_seed(0)
     net, x = _GeluMLP().eval(), torch.randn(64, 16)
     q = quantexp.quantize(net, "ptq_static", calibration=x)  # FX traces this one
     assert q.info["path"] == "fx_graph_mode" and q.info["outlier_layers"] == ["down"]
-    assert q.info["outlier_layers_as"] == "dynamic" and isinstance(q.model.down, nnqd.Linear)
-    fp32 = quantexp.quantize(net, "ptq_static", calibration=x, overrides=["method.outlier_layers=fp32"])
-    assert type(fp32.model.down) is torch.nn.Linear and fp32.info["quantized_layers"] == q.info["quantized_layers"] - 1
+    assert q.info["outlier_layers_as"] == "fp32" and type(q.model.down) is torch.nn.Linear
+    dyn = quantexp.quantize(net, "ptq_static", calibration=x, overrides=["method.outlier_layers=dynamic"])
+    assert isinstance(dyn.model.down, nnqd.Linear) and dyn.info["quantized_layers"] == q.info["quantized_layers"] + 1
     static = quantexp.quantize(net, "ptq_static", calibration=x, overrides=["method.outlier_after=[]"])
     assert static.info["outlier_layers"] == [] and "quantized" in type(static.model.down).__module__
     with torch.no_grad():
@@ -81,7 +81,6 @@ def test_a_layer_after_a_gelu_runs_dynamic_int8_or_as_configured():
 
 def test_a_transformer_takes_the_eager_path_with_8bit_activations_checked_per_layer(tiny_bert):
     import torch.ao.nn.quantized as nnq
-    import torch.ao.nn.quantized.dynamic as nnqd
     from transformers import AutoModel
 
     from quantexp.models.transformer.family import TextClassifier
@@ -91,11 +90,11 @@ def test_a_transformer_takes_the_eager_path_with_8bit_activations_checked_per_la
     ids = torch.randint(5, 60, (64, 12))
     q = quantexp.quantize(net, "ptq_static", calibration=(ids, torch.ones_like(ids)))
     assert q.info["path"] == "eager_per_layer" and q.info["reduce_range"] is False
-    # two encoder layers: each FFN down-projection reads the GELU and runs dynamic int8
+    # two encoder layers: each FFN down-projection reads the GELU and stays fp32
     downs = [f"encoder.encoder.layer.{i}.output.dense" for i in range(2)]
-    assert q.info["outlier_layers"] == downs and all(isinstance(q.model.get_submodule(n), nnqd.Linear) for n in downs)
-    # q, k, v, attention out, FFN up and down per layer; the pooler; the head
-    assert q.info["quantized_layers"] == 2 * 6 + 2 and q.info["float_layers_left"] == 0
+    assert q.info["outlier_layers"] == downs and all(type(q.model.get_submodule(n)) is torch.nn.Linear for n in downs)
+    # q, k, v, attention out, FFN up per layer; the pooler; the head
+    assert q.info["quantized_layers"] == 2 * 5 + 2 and q.info["float_layers_left"] == 2
     # word, position and token-type embeddings: int8 weight-only
     assert q.info["int8_embeddings"] == 3 and isinstance(q.model.encoder.embeddings.word_embeddings.quantized, nnq.Embedding)
     assert set(q.info["reduce_range_layers"]) <= {n for n, _ in q.model.named_modules()}
@@ -108,9 +107,8 @@ def test_torch_only_layers_are_refused_for_other_exporters():
     from quantexp.api import compose, validate
     from quantexp.config import ConfigError
 
-    exp = validate(compose(["method=ptq_static", "exporter=onnx"]))
-    assert exp.method.outlier_layers == "fp32" and exp.method.embeddings == "fp32"  # auto, resolved
-    exp = validate(compose(["method=ptq_static"]))
-    assert exp.method.outlier_layers == "dynamic" and exp.method.embeddings == "int8"
-    with pytest.raises(ConfigError, match="needs exporter=none"):
-        validate(compose(["method=ptq_static", "exporter=onnx", "method.embeddings=int8"]))
+    assert validate(compose(["method=ptq_static", "exporter=onnx"])).method.embeddings == "fp32"  # auto, resolved
+    assert validate(compose(["method=ptq_static"])).method.embeddings == "int8"
+    for setting in ("method.embeddings=int8", "method.outlier_layers=dynamic"):
+        with pytest.raises(ConfigError, match="needs exporter=none"):
+            validate(compose(["method=ptq_static", "exporter=onnx", setting]))

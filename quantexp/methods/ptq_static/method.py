@@ -14,10 +14,10 @@ quant/dequant pair (``quant.mixed_layers.build_mixed``): still static int8 kerne
 without cross-layer fusion. There, activations get all 8 bits and each layer is
 checked against exact int8 arithmetic; one whose AVX2 kernel saturates is rebuilt
 with 7-bit activations (MiniLM: 7-bit everywhere cost 6 points on 500 items, 8 bits
-2). On both paths, layers that read a GELU's output (``method.outlier_after``) run
-dynamic int8 - their activation scale is computed per batch - or fp32
-(``method.outlier_layers``), and embedding tables become int8 weight-only
-(``method.embeddings``).
+2). On both paths, layers that read a GELU's output (``method.outlier_after``) stay
+fp32, or run dynamic int8 (``method.outlier_layers``), and embedding tables become
+int8 weight-only (``method.embeddings``). MiniLM, 2,000 test items: 74.00 -> 74.35
+with this recipe (11.97 bits/param), 72.30 with dynamic outlier layers, 70.80 before.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class PTQStatic(QuantizationMethod):
         model = copy.deepcopy(bundle.model).eval()
         example = bundle.example_inputs(1)
         outliers = layers_after(model, self.cfg.outlier_after, example)
-        mode = "dynamic" if self.cfg.outlier_layers == "auto" else self.cfg.outlier_layers
+        mode = self.cfg.outlier_layers
         special = outliers if mode != "static" else []
         built: dict = {}
         try:
