@@ -61,6 +61,30 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
+def compose_checked(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """``compose``, with what Hydra cannot compose (an unknown option, a value of the
+    wrong type, a bad override) raised as a one-line ``ConfigError`` carrying Hydra's
+    own message."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return compose(overrides)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        reason = lines[0]
+        if "Available options" in str(exc):  # an unknown group option: list the valid ones
+            options = [line for line in lines[1:] if line and " " not in line]
+            reason += f" (options: {', '.join(options)})" if options else ""
+        elif reason.endswith(":") and len(lines) > 1:
+            # "In 'scenario/drift': ConfigKeyError raised while composing config:" + which key
+            reason += f" {lines[1]}"
+        elif exc.__cause__ is not None and str(exc.__cause__).strip():
+            # "Error merging override model.hidden=abc" + why: "Value 'abc' ... not be converted"
+            reason += f": {str(exc.__cause__).strip().splitlines()[0]}"
+        raise ConfigError(reason) from None
+
+
 def validate(cfg: DictConfig) -> ExperimentConfig:
     """Schema + compatibility + hardware availability: everything that can be
     refused without loading a model."""
@@ -258,4 +282,4 @@ def _tracking(exp: ExperimentConfig, project_root: Path, run_name: str, tags: di
     return RunLogger(client, experiment_id, run_name, parent_run_id=parent_run_id(), tags=tags)
 
 
-__all__ = ["compose", "execute", "quantize", "register", "run", "validate"]
+__all__ = ["compose", "compose_checked", "execute", "quantize", "register", "run", "validate"]

@@ -44,6 +44,7 @@ COMMANDS = {
     "compare": "did a candidate run regress against a baseline? (`quantexp compare --help`)",
     "baseline": "pin the baseline run `compare --baseline @name` uses (`quantexp baseline --help`)",
     "history": "one configuration over time: accuracy and latency per run/commit (`quantexp history --help`)",
+    "analyze": "what a model is made of, its quantization risks, what can run on it (`quantexp analyze --help`)",
 }
 
 
@@ -156,31 +157,17 @@ def run_main(argv: list[str] | None = None) -> None:
 def _refuse_what_hydra_cannot_compose(args: list[str]) -> None:
     """A single run whose overrides Hydra cannot compose (an unknown option, a value of
     the wrong type, a bad override) ends with one line and exit code 2, not Hydra's
-    multi-line report and exit 1. Composed here with Hydra's own compose API, so the
-    message is Hydra's. Command lines with flags (-m, --help, --cfg, ...) go to Hydra
-    untouched: a sweep's jobs are refused one by one and the sweep goes on."""
+    multi-line report and exit 1 (``api.compose_checked``). Command lines with flags
+    (-m, --help, --cfg, ...) go to Hydra untouched: a sweep's jobs are refused one by
+    one and the sweep goes on."""
     if any(a.startswith("-") for a in args):
         return
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from quantexp.api import compose
+    from quantexp.api import compose_checked
 
     try:
-        compose(args)
-    except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-        reason = lines[0]
-        if "Available options" in str(exc):  # an unknown group option: list the valid ones
-            options = [line for line in lines[1:] if line and " " not in line]
-            reason += f" (options: {', '.join(options)})" if options else ""
-        elif reason.endswith(":") and len(lines) > 1:
-            # "In 'scenario/drift': ConfigKeyError raised while composing config:" + which key
-            reason += f" {lines[1]}"
-        elif exc.__cause__ is not None and str(exc.__cause__).strip():
-            # "Error merging override model.hidden=abc" + why: "Value 'abc' ... not be converted"
-            reason += f": {str(exc.__cause__).strip().splitlines()[0]}"
-        print(f"error: {reason}", file=sys.stderr)
+        compose_checked(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
 
 
@@ -254,6 +241,10 @@ def main(argv: list[str] | None = None) -> None:
         from quantexp.regression import command as regression
 
         sys.exit((regression.compare_main if command == "compare" else regression.baseline_main)(rest))
+    if command == "analyze":
+        from quantexp.architecture.command import main as analyze
+
+        sys.exit(analyze(rest))
     if command == "history":
         from quantexp.regression.history import main as history
 
