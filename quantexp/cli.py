@@ -45,6 +45,7 @@ COMMANDS = {
     "baseline": "pin the baseline run `compare --baseline @name` uses (`quantexp baseline --help`)",
     "history": "one configuration over time: accuracy and latency per run/commit (`quantexp history --help`)",
     "analyze": "what a model is made of, its quantization risks, what can run on it (`quantexp analyze --help`)",
+    "recommend": "which method to apply for a target under constraints (`quantexp recommend --help`)",
 }
 
 
@@ -241,6 +242,10 @@ def main(argv: list[str] | None = None) -> None:
         from quantexp.regression import command as regression
 
         sys.exit((regression.compare_main if command == "compare" else regression.baseline_main)(rest))
+    if command == "recommend":
+        from quantexp.recommend.command import main as recommend
+
+        sys.exit(recommend(rest))
     if command == "analyze":
         from quantexp.architecture.command import main as analyze
 

@@ -88,28 +88,37 @@ def analyze_model(overrides: list[str] | tuple[str, ...] = (), with_matrix: bool
                   cache_dir: Path | None = None) -> tuple[Analysis, Any]:
     """The analysis of the model ``run.py <overrides>`` would use; returns it and the
     validated ExperimentConfig."""
+    from quantexp.api import compose_checked, validate
+
+    exp = validate(compose_checked(list(overrides)))
+    model_overrides = [o for o in overrides if o.split("=")[0].lstrip("+").startswith(("model", "seed"))]
+    return analyze_config(exp, model_overrides if with_matrix else None, cache_dir), exp
+
+
+def analyze_config(exp, matrix_overrides: list[str] | None = None, cache_dir: Path | None = None) -> Analysis:
+    """The analysis of ``exp``'s model (loaded from the fp32 cache, or trained and cached);
+    with ``matrix_overrides`` (the overrides that select the model) the compatibility
+    matrix too."""
     import time
 
-    from quantexp.api import CONF_DIR, PROJECT_ROOT, compose_checked, validate
+    from quantexp.api import CONF_DIR, PROJECT_ROOT
     from quantexp.models import load_model
     from quantexp.preflight import cache_dir_of
     from quantexp.quant.calibration import draw_calibration
 
-    exp = validate(compose_checked(list(overrides)))
     start = time.perf_counter()
     bundle = load_model(exp.model, exp.seed, cache_dir or cache_dir_of(exp, PROJECT_ROOT))
     load_s = time.perf_counter() - start
     cal_cfg = exp.method.calibration
     calibration = draw_calibration(bundle.train, bundle.test, min(cal_cfg.size, 128), exp.seed)
     analysis = analyze(bundle.model, bundle.example_inputs(exp.bench.batch_size), calibration.inputs,
-                              name=bundle.name, batch_size=cal_cfg.batch_size)
+                       name=bundle.name, batch_size=cal_cfg.batch_size)
     analysis.seconds["load_model"] = load_s
-    if with_matrix:
+    if matrix_overrides is not None:
         start = time.perf_counter()
-        model_overrides = [o for o in overrides if o.split("=")[0].lstrip("+").startswith(("model", "seed"))]
-        analysis.matrix = compatibility_matrix(exp, option_configs(model_overrides, CONF_DIR), bundle)
+        analysis.matrix = compatibility_matrix(exp, option_configs(matrix_overrides, CONF_DIR), bundle)
         analysis.seconds["matrix"] = time.perf_counter() - start
-    return analysis, exp
+    return analysis
 
 
 def log_analysis(analysis: Analysis, files: dict[str, Path], exp) -> str | None:
@@ -134,4 +143,4 @@ def read_analysis(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text())
 
 
-__all__ = ["Analysis", "analyze", "analyze_model", "log_analysis", "read_analysis"]
+__all__ = ["Analysis", "analyze", "analyze_config", "analyze_model", "log_analysis", "read_analysis"]
