@@ -164,7 +164,7 @@ class Gate(_Flat):
 _PIPELINE_KEYS = ("model", "method", "calibration", "tables", "candidates", "comparison", "gate",
                   "not_measured", "host", "stages_s", "process_peak_rss_mb", "budget", "objective",
                   "predictions_path", "figures")
-_CLI_KEYS = ("config", "provenance", "results_path", "mlflow_run_id")
+_CLI_KEYS = ("config", "provenance", "results_path", "mlflow_run_id", "placement")
 
 
 @dataclass
@@ -193,6 +193,9 @@ class Results:
     provenance: dict[str, str] | None = None
     results_path: str | None = None
     mlflow_run_id: str | None = None
+    # Jobs of a sweep: launcher, jobs sharing the host, threads, co_located (latencies
+    # measured beside other jobs), isolation (quantexp.launch.placement)
+    placement: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

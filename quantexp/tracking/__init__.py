@@ -18,6 +18,9 @@ import RunLogger``).
 
 PARENT_RUN_ENV = "QUANTEXP_MLFLOW_PARENT_RUN_ID"
 PARENT_RUN_FILE = "mlflow_parent_run_id.txt"
+# The store the sweep's parent run is in, for jobs whose environment differs from the
+# launching one (a Ray worker does not see the driver's MLFLOW_TRACKING_URI).
+TRACKING_URI_FILE = "mlflow_tracking_uri.txt"
 
 
 class _Exit:
@@ -26,4 +29,4 @@ class _Exit:
 
 EXIT = _Exit()
 
-__all__ = ["EXIT", "PARENT_RUN_ENV", "PARENT_RUN_FILE"]
+__all__ = ["EXIT", "PARENT_RUN_ENV", "PARENT_RUN_FILE", "TRACKING_URI_FILE"]

@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 # store imports mlflow only inside its functions, so this stays cheap at load.
-from quantexp.tracking import PARENT_RUN_ENV, PARENT_RUN_FILE
+from quantexp.tracking import PARENT_RUN_ENV, PARENT_RUN_FILE, TRACKING_URI_FILE
 from quantexp.tracking.store import open_client, retry_locked
 
 log = logging.getLogger(__name__)
@@ -92,16 +92,25 @@ class MlflowSweepCallback(Callback):
         self._parent_run_id = run.info.run_id
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(self._parent_run_id + "\n")
+        (sweep_dir / TRACKING_URI_FILE).write_text(client.tracking_uri + "\n")
         os.environ[PARENT_RUN_ENV] = self._parent_run_id
         log.info("MLflow parent run %s (%s)", self._parent_run_id, client.tracking_uri)
 
     def _close_interrupted(self, parent: str) -> None:
-        """Children of a resumed study still RUNNING belong to a sweep that died
-        (kill -9, a crash) mid-job: nothing else will ever end them. One sweeper per
-        study at a time (as for the Optuna trials), so none of them is live."""
+        """Children of a resumed study still RUNNING whose process is gone belong to a
+        sweep that died (kill -9, a crash) mid-job: nothing else will ever end them.
+        Those of a live process (another sweep process working on the same study) and
+        those measured on another host are left alone."""
+        from quantexp.provenance import process_alive
+
         for child in self._children(parent):
             if child.info.status != "RUNNING":
                 continue
+            tags = child.data.tags
+            if "quantexp.process.pid" in tags:
+                alive = process_alive({k: tags.get(f"quantexp.process.{k}") for k in ("host", "pid", "started")})
+                if alive is not False:  # a job still measuring (another sweep process on the
+                    continue            # study), or one on another host: not ours to end
             reason = ("interrupted: the sweep process ended while this job ran; "
                       "marked KILLED when the study was resumed")
             retry_locked(self._client.set_tag, child.info.run_id, "error", reason)
@@ -174,10 +183,20 @@ def _existing_study_run(client: Any, experiment_id: str, study: str) -> Any:
 
 def parent_run_id() -> str | None:
     """The sweep's parent run id for the current job, or None (single run,
-    tracking disabled, or the parent could not be created)."""
-    from_env = os.environ.get(PARENT_RUN_ENV)
-    if from_env:
-        return from_env
+    tracking disabled, or the parent could not be created). The sweep folder's file
+    first: a worker process reused across sweeps (joblib's loky, Ray) may carry an
+    earlier sweep's environment variable."""
+    return sweep_file(PARENT_RUN_FILE) or os.environ.get(PARENT_RUN_ENV)
+
+
+def sweep_tracking_uri() -> str | None:
+    """The tracking URI the sweep's parent run was opened with (None outside a
+    multirun, or when the sweep opened none)."""
+    return sweep_file(TRACKING_URI_FILE)
+
+
+def sweep_file(name: str) -> str | None:
+    """The stripped text of ``<sweep dir>/<name>`` of the current multirun job, or None."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -190,10 +209,10 @@ def parent_run_id() -> str | None:
         sweep_dir = Path(str(hydra_cfg.sweep.dir))
         if not sweep_dir.is_absolute():
             sweep_dir = Path(hydra_cfg.runtime.cwd or os.getcwd()) / sweep_dir
-        path = sweep_dir / PARENT_RUN_FILE
+        path = sweep_dir / name
         if not path.is_file():
             return None
         return path.read_text().strip() or None
     except Exception as exc:  # noqa: BLE001 - no parent is better than a crashed job
-        log.warning("MLflow: could not read the sweep's parent run id (%s)", exc)
+        log.warning("MLflow: could not read the sweep's %s (%s)", name, exc)
         return None

@@ -160,7 +160,15 @@ def open_client(configured_uri: str | None, project_root: Path,
     from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(configured_uri, project_root)
+    # A tracking server chooses where artifacts go (its --artifacts-destination, served
+    # over HTTP to every worker); a local folder would only exist on the first client.
+    location = None if is_server_uri(uri) else artifact_root(project_root)
     with schema_lock(uri):
         client = MlflowClient(tracking_uri=uri)
-        experiment_id = ensure_experiment(client, experiment, artifact_root(project_root))
+        experiment_id = ensure_experiment(client, experiment, location)
     return client, experiment_id
+
+
+def is_server_uri(uri: str) -> bool:
+    """A tracking server (or a hosted one), as opposed to a store opened in-process."""
+    return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
