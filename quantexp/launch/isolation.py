@@ -127,6 +127,8 @@ def _crashed(exitcode: int | None, crash_file: str | None) -> JobCrashed:
     stack = Path(crash_file).read_text(errors="replace").strip() if crash_file and Path(crash_file).is_file() else ""
     if stack:
         exc.__cause__ = RemoteTraceback(f"Python stack at the crash (faulthandler, {crash_file}):\n{stack}\n")
+    elif crash_file is not None:
+        Path(crash_file).unlink(missing_ok=True)  # no fatal signal (os._exit, SIGKILL): empty
     return exc
 
 

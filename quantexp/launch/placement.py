@@ -57,6 +57,8 @@ class Placement:
         text = (f"placement: {self.launcher} launcher, up to {self.concurrent_jobs} job(s) at once on "
                 f"{self.cores} cores of {self.host}; this job: {threads}, "
                 f"{'its own process' if self.isolation == 'process' else 'in the launcher process'}")
+        if self.concurrent_jobs > self.cores:
+            text += f" (more jobs than cores: {self.concurrent_jobs} jobs time-share {self.cores} cores)"
         if self.threads_lowered_from is not None:
             text += f" (hardware.threads={self.threads_lowered_from} lowered so that jobs x threads <= cores)"
         if self.co_located:

@@ -10,7 +10,7 @@ a resumable, sized search adds needs these pieces, used by the sweeper
   processes of one machine append to it, no database needed.
 - ``study_lock(url, study)``: the lock workers take around "count the study's trials,
   ask a batch": a file lock beside a sqlite or journal file, a PostgreSQL advisory
-  lock. Under it a batch is claimed whole, so the study ends with exactly
+  lock (``quantexp.tracking.store.store_lock``). Under it a batch is claimed whole, so the study ends with exactly
   ``n_trials`` (the total), trial numbers of a batch follow each other (job number ==
   trial number, in any worker) and no two workers claim the last slot.
 - owners and heartbeats: each trial records the process that asked it (host, pid,
@@ -24,7 +24,6 @@ a resumable, sized search adds needs these pieces, used by the sweeper
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import threading
@@ -67,34 +66,16 @@ def open_storage(url: str) -> Any:
 
 
 @contextlib.contextmanager
-def study_lock(url: str | None, study_name: str, storage: Any = None) -> Iterator[None]:
-    """Hold the lock of study ``study_name`` in ``url`` (nothing for an in-memory study)."""
-    if not url:
+def study_lock(url: str | None, study_name: str) -> Iterator[None]:
+    """Hold the claim lock of study ``study_name`` in ``url`` (``tracking.store.store_lock``:
+    a file lock for sqlite and journal files, an advisory lock in PostgreSQL)."""
+    from quantexp.tracking.store import store_lock
+
+    with store_lock(url, f"quantexp.claim:{study_name}") as held:
+        if url and not held:
+            log.warning("no lock for a study in %s: processes sharing it may overshoot n_trials by a batch",
+                        url.split(":", 1)[0])
         yield
-        return
-    from quantexp.tracking.store import sqlite_path
-
-    path = journal_path(url) or sqlite_path(url)
-    if path is not None:
-        from filelock import FileLock
-
-        with FileLock(f"{path}.{hashlib.sha256(study_name.encode()).hexdigest()[:12]}.claim.lock"):
-            yield
-        return
-    if url.split(":", 1)[0].split("+")[0] == "postgresql" and storage is not None:
-        from sqlalchemy import text
-
-        key = int.from_bytes(hashlib.sha256(f"quantexp:{study_name}".encode()).digest()[:8], "big", signed=True)
-        with storage.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-        return
-    log.warning("no lock for a study in %s: workers on one study may overshoot n_trials by a batch",
-                url.split(":", 1)[0])
-    yield
 
 
 def owner() -> dict[str, Any]:
@@ -153,7 +134,7 @@ def claim(study: Any, url: str | None, total: int, batch: int,
     gets the number of trials in the study (the number the first new one will have)."""
     from quantexp.search.study import mark_interrupted, taken_count
 
-    with study_lock(url, study.study_name, getattr(study, "_storage", None)):
+    with study_lock(url, study.study_name):
         mark_interrupted(study)
         existing = study.get_trials(deepcopy=False)
         free = total - taken_count(existing)

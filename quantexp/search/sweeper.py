@@ -75,7 +75,7 @@ class ResumableOptunaSweeper(Sweeper):
             except KeyError:  # a new study
                 study = None
             if study is not None:
-                with shared.study_lock(url, str(study_name), storage):
+                with shared.study_lock(url, str(study_name)):
                     st.mark_interrupted(study)  # trials of dead sweepers only
                 existing = study.get_trials(deepcopy=False)
         self.n_existing = len(existing)
