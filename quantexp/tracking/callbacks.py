@@ -4,9 +4,12 @@
 one parent run before the first job and closes it after the last, with counts
 of its children. A persistent study (Optuna sweeper with storage) keeps one parent
 across resumes; on resume, children a killed sweep left RUNNING are marked KILLED
-(tag ``error`` says why) so that they end and count as failed. Jobs nest under it through ``parent_run_id()``: jobs in the
-launcher's process read an environment variable, jobs in other processes a
-file in the sweep directory.
+(tag ``error`` says why) so that they end and count as failed; several sweep processes
+on one study share that parent (found or created under the study store's lock) and
+leave each other's live jobs alone. Jobs nest under it through ``parent_run_id()``: a
+file in the sweep directory (``PARENT_RUN_FILE``; the environment variable in the
+sweep's own process as a fallback), beside ``TRACKING_URI_FILE``, the store the sweep
+opened, for jobs whose environment is not the sweep's (Ray workers).
 
 Hydra imports this module on every start (``--help`` included), so mlflow is
 imported only inside the methods (``store`` does the same). Tracking problems
