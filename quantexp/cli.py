@@ -58,12 +58,7 @@ warnings.filterwarnings("ignore", message=r"hydra\.utils\.instantiate\(\) resolv
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    if MODE.check:
-        from quantexp.check import check
-
-        print(check(cfg).format())
-        return None
-    if HydraConfig.get().mode == RunMode.MULTIRUN:
+    if not MODE.check and HydraConfig.get().mode == RunMode.MULTIRUN:
         # each job of a sweep in a fresh process, with its thread budget (quantexp.launch)
         from quantexp.launch.job import run_sweep_job
 
@@ -79,6 +74,11 @@ def run_one(cfg: DictConfig, placement: dict | None = None) -> float | None:
     project_root = Path(hc.runtime.cwd)
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        if MODE.check:
+            from quantexp.check import check
+
+            print(check(cfg).format())
+            return None
         exp = validate(cfg)
         run_name = run_name_of(exp)
         if multirun:
