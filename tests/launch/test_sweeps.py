@@ -52,6 +52,8 @@ def test_joblib_sweep_runs_jobs_side_by_side_into_a_tracking_server(tmp_path):
         assert parent.info.status == "FINISHED" and parent.data.metrics["n_finished"] == 2.0
         results = _results(tmp_path / "multirun")
         assert len(results) == 2
+        # both jobs needed the same fp32 model of an empty cache: one trained it, the other waited
+        assert sorted(job["model"]["from_cache"] for job in results.values()) == [False, True]
         threads = max(1, CORES // 2)
         for job in results.values():
             placement = job["placement"]
@@ -166,8 +168,8 @@ def local_ray(tmp_path, monkeypatch):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.mark.slow  # a Ray cluster's start-up: ~40 s on 2 quiet cores, minutes when busy
-def test_ray_sweep_on_a_local_cluster(tmp_path, local_ray):
+@pytest.mark.slow  # a Ray cluster's start-up, a sweep and a search: ~2 min on 2 quiet cores
+def test_ray_sweep_and_search_on_a_local_cluster(tmp_path, local_ray):
     proc = run_py(["-m", "method=fp32,ptq_static", "hydra/launcher=ray",
                    f"hydra.launcher.ray.init.address={local_ray}", *TINY], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -180,3 +182,19 @@ def test_ray_sweep_on_a_local_cluster(tmp_path, local_ray):
     # reached them through the sweep folder, and every run landed in it
     _, jobs = _jobs_of(MlflowClient(f"sqlite:///{tmp_path}/mlflow.db"))
     assert sorted(r.info.status for r in jobs) == ["FINISHED", "FINISHED"]
+
+    # a precision search on the same cluster, two trials at once
+    import optuna
+
+    from tests.search.test_shared_study import TINY as SEARCH_TINY
+
+    storage = f"journal:///{tmp_path}/study.log"
+    search = run_py(["-m", "+search=mixed_precision", *SEARCH_TINY, "hydra/launcher=ray",
+                     f"hydra.launcher.ray.init.address={local_ray}", "hydra.sweeper.n_jobs=2", "search.n_trials=2",
+                     f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=on_ray"], tmp_path)
+    assert search.returncode == 0, search.stderr[-3000:]
+    from quantexp.search.shared import open_storage
+
+    trials = optuna.load_study(study_name="on_ray", storage=open_storage(storage)).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert all(Path(t.user_attrs["quantexp.results_path"]).is_file() for t in trials)
