@@ -40,16 +40,31 @@ def run_sweep_job(body: Callable[[DictConfig, dict[str, Any] | None], Any], cfg:
     output_dir = Path(str(hc.runtime.output_dir))
     with _sweep_store(cfg):
         if isolation == "inline":
-            return body(cfg, placement.to_dict())
+            return _within_threads(body, cfg, placement.to_dict())
         try:
-            return run_in_fresh_process(body, cfg, placement.to_dict(), hydra_cfg=HydraConfig.instance().cfg,
-                                        crash_dir=output_dir, name=f"quantexp-job-{hc.job.num}")
+            return run_in_fresh_process(_within_threads, body, cfg, placement.to_dict(),
+                                        hydra_cfg=HydraConfig.instance().cfg, crash_dir=output_dir,
+                                        name=f"quantexp-job-{hc.job.num}")
         except JobCrashed as exc:
             if exp.tracking.enabled:
                 from quantexp.tracking.lookup import fail_run_of_output_dir
 
                 fail_run_of_output_dir(cfg, Path(str(hc.runtime.cwd)), str(output_dir), exc)
             raise
+
+
+def _within_threads(body: Callable[[DictConfig, dict[str, Any] | None], Any], cfg: DictConfig,
+                    placement: dict[str, Any]) -> Any:
+    """``body`` with the BLAS and OpenMP pools of every library loaded (numpy's, torch's)
+    held to the job's threads too, not only torch's and ONNX Runtime's intra-op pools
+    (which ``hardware.threads`` sets): the bootstrap and data code stay within budget."""
+    threads = placement.get("threads")
+    if not threads or not placement.get("co_located"):
+        return body(cfg, placement)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=int(threads)):
+        return body(cfg, placement)
 
 
 @contextlib.contextmanager
