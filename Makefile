@@ -42,6 +42,7 @@ bench: setup  ## benchmark scripts (figures printed, never asserted)
 	$(PY) benchmarks/families.py
 
 ui: setup  ## MLflow UI on http://127.0.0.1:5000 over the same store the runs write to
+	@echo "runs table: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning (each run prints its own link)"
 	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(MLFLOW_DB)} --host 127.0.0.1 --port 5000
 
 server: setup  ## shared MLflow tracking server on 127.0.0.1:$(PORT) (sqlite store + artifacts under server/)

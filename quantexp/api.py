@@ -70,9 +70,11 @@ def validate(cfg: DictConfig) -> ExperimentConfig:
 
 
 def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_root: Path,
-            run_name: str, placement: dict[str, Any] | None = None) -> dict[str, Any]:
+            run_name: str, reference_cache: Path | None = None,
+            placement: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the pipeline under an MLflow run (or none when tracking is disabled),
     write config.yaml and results.json into ``output_dir``, print the summary.
+    ``reference_cache``: where a sweep keeps its fp32 reference (``pipeline.reference``);
     ``placement``: where a sweep ran this job (quantexp.launch.placement), recorded."""
     from quantexp import pipeline
     from quantexp.bench.memory import reset_process_peak_rss
@@ -85,21 +87,28 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
     cache_dir = cache_dir_of(exp, project_root)
     config_yaml = OmegaConf.to_yaml(cfg)
     atomic_write_text(output_dir / "config.yaml", config_yaml)
-    tags = {"quantexp.git_commit": git_commit(project_root), "quantexp.output_dir": str(output_dir),
+    # the commit of the code that measured (this package's checkout), not of the cwd
+    commit = git_commit(PROJECT_ROOT)
+    tags = {"quantexp.git_commit": commit, "quantexp.output_dir": str(output_dir),
+            "quantexp.started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             **{f"version.{k}": v for k, v in library_versions().items()},
             # the process measuring: a resumed sweep closes a RUNNING run only once it is gone
             **{f"quantexp.process.{k}": v for k, v in process_identity().items()}}
     if placement is not None:
         tags.update(placement.get("tags", {}))
+    mlflow_tags = {"mlflow.source.name": "quantexp run", "mlflow.source.type": "LOCAL"}
+    if commit != "unknown":
+        mlflow_tags["mlflow.source.git.commit"] = commit.removesuffix("+dirty")
 
-    with _tracking(exp, project_root, run_name, tags) as log:
+    link = None
+    with _tracking(exp, project_root, run_name, {**tags, **mlflow_tags}) as log:
         if log is not None:
             from quantexp.tracking.run_logger import flatten
 
             log.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
             log.log_text(config_yaml, "config.yaml")
         reset_process_peak_rss()  # process_peak_rss_mb: this run's peak, not the process's so far
-        results = pipeline.run(exp, output_dir, cache_dir, log)
+        results = pipeline.run(exp, output_dir, cache_dir, log, reference_cache=reference_cache)
         if placement is not None:
             results["placement"] = {k: v for k, v in placement.items() if k != "tags"}
         results["config"] = OmegaConf.to_container(cfg, resolve=True)
@@ -109,10 +118,7 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
             results["mlflow_run_id"] = log.run_id
         atomic_write_json(output_dir / "results.json", results)
         if log is not None:
-            log.log_artifact(output_dir / "results.json")
-            if exp.tracking.log_model:
-                for cand in results["candidates"].values():
-                    log.log_artifact(Path(cand["artifact"]), "model")
+            link = _log_outcome(log, exp, results)
     print_summary(results)
     if placement is not None:
         print(placement["description"])
@@ -121,7 +127,30 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
         measured = ", ".join(f"{k.removeprefix('measured.')}={v:.4g}" for k, v in b.items()
                              if k.startswith("measured."))
         print(f"budget {b['budget']}: {'met' if b['met'] else 'NOT met'} (measured {measured})")
+    if link:
+        print(f"MLflow: {link}  (`make ui` serves it)")
     return results
+
+
+def _log_outcome(log, exp: ExperimentConfig, results: dict[str, Any]) -> str:
+    """results.json, the deployed model (an MLflow model where a flavour exists, else a
+    plain artifact), the summary as the run's description; the run's UI link."""
+    from quantexp.report.summary import summary_text
+    from quantexp.tracking.models import log_deployed_model
+    from quantexp.tracking.store import run_url, ui_base
+
+    log.log_artifact(Path(results["results_path"]))
+    if exp.tracking.log_model:
+        label = results["method"]["name"]
+        for name, cand in results["candidates"].items():
+            artifact = Path(cand["artifact"])
+            flavoured = name == label and log_deployed_model(
+                log.client, log.experiment_id, log.run_id, artifact, f"{results['model']['name']}-{label}",
+                {"quantexp.method": label, "quantexp.precision": str(results["method"]["precision"])})
+            if not flavoured:  # the fp32 reference, or a format MLflow has no flavour for
+                log.log_artifact(artifact, "model")
+    log.set_tags({"mlflow.note.content": "```\n" + summary_text(results) + "```\n"})
+    return run_url(ui_base(log.client.tracking_uri), log.experiment_id, log.run_id)
 
 
 def run_name_of(exp: ExperimentConfig) -> str:

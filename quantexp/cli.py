@@ -19,6 +19,7 @@ budget under a parallel launcher, then ``run_one`` in a fresh process.
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
@@ -36,11 +37,16 @@ from quantexp.hardware.probe import HardwareUnavailable
 from quantexp.help import register_resolvers as register_help
 
 EXIT_BAD_CONFIG = 2
+EXIT_GATE_FAILED = 4  # eval.gate_fails_run=true and the quality gate FAILED
+REFERENCE_CACHE = ".fp32_reference"  # inside the sweep folder
 CHECK_FLAGS = ("--check", "--dry-run")
 COMMANDS = {
     "run": "run one experiment, or a sweep with -m (what `python run.py` does)",
     "check": "validate a configuration without running it (`python run.py --check`)",
     "report": "compare runs: table, Pareto fronts, report.html (`quantexp report --help`)",
+    "compare": "did a candidate run regress against a baseline? (`quantexp compare --help`)",
+    "baseline": "pin the baseline run `compare --baseline @name` uses (`quantexp baseline --help`)",
+    "history": "one configuration over time: accuracy and latency per run/commit (`quantexp history --help`)",
 }
 
 
@@ -57,6 +63,21 @@ register_help()
 warnings.filterwarnings("ignore", message=r"hydra\.utils\.instantiate\(\) resolved _target_='quantexp\.")
 
 
+def _run_log_only() -> logging.Logger | None:
+    """Send library warnings (``warnings.warn``) to this job's run.log instead of the
+    terminal, and return a logger that writes to run.log only (the summary goes there
+    too). Hydra sets up a file handler per job, so this is redone for every job."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not files:
+        return None
+    logging.captureWarnings(True)
+    for name in ("py.warnings", "quantexp.summary"):
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate = list(files), False
+        logger.setLevel(logging.INFO)
+    return logging.getLogger("quantexp.summary")
+
+
 def run_job(cfg: DictConfig) -> float | None:
     if not MODE.check and HydraConfig.get().mode == RunMode.MULTIRUN:
         # each job of a sweep in a fresh process, with its thread budget (quantexp.launch)
@@ -70,6 +91,7 @@ def run_one(cfg: DictConfig, placement: dict | None = None) -> float | None:
     """One job: validate, run the pipeline under an MLflow run, return the objective
     (``placement``: where a sweep put it, recorded in results.json and MLflow)."""
     hc = HydraConfig.get()
+    run_log = _run_log_only()
     output_dir = Path(hc.runtime.output_dir)
     project_root = Path(hc.runtime.cwd)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -81,17 +103,29 @@ def run_one(cfg: DictConfig, placement: dict | None = None) -> float | None:
             return None
         exp = validate(cfg)
         run_name = run_name_of(exp)
+        reference_cache = None
         if multirun:
             run_name += f" #{hc.job.num}"
+            # the jobs of a sweep share one fp32 reference per model/exporter/target
+            reference_cache = project_root / hc.sweep.dir / REFERENCE_CACHE
         # User errors found while running (a model path that does not exist, a
         # calibration set larger than the data) end the same way; the MLflow run,
         # if one was opened, is already marked FAILED with its traceback.
-        results = execute(exp, cfg, output_dir, project_root, run_name, placement=placement)
+        results = execute(exp, cfg, output_dir, project_root, run_name, reference_cache, placement=placement)
     except (ConfigError, HardwareUnavailable) as exc:
         if multirun:
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
+    if run_log is not None:
+        from quantexp.report.summary import summary_text
+
+        run_log.info("summary\n%s", summary_text(results))
+    if exp.eval.gate_fails_run and results["gate"]["passed"] is False:
+        from quantexp.tracking import EXIT
+
+        # the run is complete and recorded; the exit code tells CI the gate failed
+        EXIT.code = EXIT_GATE_FAILED
     return results["objective"]
 
 
@@ -227,10 +261,19 @@ def main(argv: list[str] | None = None) -> None:
         from quantexp.report.command import main as report
 
         sys.exit(report(rest))
+    if command in ("compare", "baseline"):
+        from quantexp.regression import command as regression
+
+        sys.exit((regression.compare_main if command == "compare" else regression.baseline_main)(rest))
+    if command == "history":
+        from quantexp.regression.history import main as history
+
+        sys.exit(history(rest))
     if command == "check":
         command, rest = "run", ["--check", *rest]
     sys.argv = [f"quantexp {command}", *rest]
     run_main()
 
 
-__all__ = ["CHECK_FLAGS", "EXIT_BAD_CONFIG", "MODE", "hydra_app", "main", "run_job", "run_main", "run_one"]
+__all__ = ["CHECK_FLAGS", "EXIT_BAD_CONFIG", "EXIT_GATE_FAILED", "MODE", "hydra_app", "main", "run_job", "run_main",
+           "run_one"]

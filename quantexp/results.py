@@ -139,6 +139,12 @@ class Comparison(_Flat):
     mcnemar_c: float | None = None
     n_items: float | None = None
     speedup_p50: float | None = None  # fp32 p50 / candidate p50: > 1 is faster
+    # Its confidence interval and verdict when the two were timed interleaved
+    # ("faster", "slower", "no significant difference"); noisy is 0.0/1.0.
+    speedup_ci_low: float | None = None
+    speedup_ci_high: float | None = None
+    speedup_verdict: str | None = None
+    speedup_noisy: float | None = None
     size_ratio: float | None = None  # candidate bytes / fp32 bytes
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -151,19 +157,27 @@ class Comparison(_Flat):
 @dataclass
 class Gate(_Flat):
     """eval.max_accuracy_drop verdict. passed is None when no gate was set or the drop
-    was not measured; accuracy_drop_points is then absent (max_accuracy_drop is None too)."""
+    was not measured (accuracy_drop_points is then absent, max_accuracy_drop None too),
+    and when the verdict is "inconclusive"."""
 
     _always = ("max_accuracy_drop", "passed")
     max_accuracy_drop: float | None = None
     accuracy_drop_points: float | None = None
+    # The drop's confidence interval decides: "passed" (all of it within the allowed
+    # drop), "failed" (all of it beyond), "inconclusive" (passed is None then).
+    accuracy_drop_ci_low: float | None = None
+    accuracy_drop_ci_high: float | None = None
+    verdict: str | None = None
     passed: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 # Written by pipeline.run (always), then by cli.execute (mlflow_run_id only with tracking).
 _PIPELINE_KEYS = ("model", "method", "calibration", "tables", "candidates", "comparison", "gate",
-                  "not_measured", "host", "stages_s", "process_peak_rss_mb", "budget", "objective",
+                  "not_measured", "host", "stages_s", "process_peak_rss_mb", "budget", "interleaved", "objective",
                   "predictions_path", "figures")
+# Pipeline keys that may be absent: interleaved only when fp32 and the candidate were timed together.
+_OPTIONAL_KEYS = ("interleaved",)
 _CLI_KEYS = ("config", "provenance", "results_path", "mlflow_run_id", "placement")
 
 
@@ -189,6 +203,9 @@ class Results:
     objective: float | list[float | None] | tuple[float | None, ...] | None
     predictions_path: str
     figures: dict[str, str]
+    # The interleaved timing of fp32 and the candidate (``bench.interleaved.Speedup``:
+    # ratio, CI, verdict, per-round medians); None when they were not timed together.
+    interleaved: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     provenance: dict[str, str] | None = None
     results_path: str | None = None
@@ -200,7 +217,7 @@ class Results:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Results:
-        _require(d, _PIPELINE_KEYS, "results")
+        _require(d, tuple(k for k in _PIPELINE_KEYS if k not in _OPTIONAL_KEYS), "results")
         # Shallow copies: editing the typed object does not edit the caller's dict.
         values: dict[str, Any] = {k: dict(d[k]) if isinstance(d[k], Mapping) else d[k]
                                   for k in (*_PIPELINE_KEYS, *_CLI_KEYS) if k in d}
@@ -210,7 +227,8 @@ class Results:
         return cls(**values, extra={k: v for k, v in d.items() if k not in known})
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: dict(v) if isinstance(v := getattr(self, k), dict) else v for k in _PIPELINE_KEYS}
+        out = {k: dict(v) if isinstance(v := getattr(self, k), dict) else v for k in _PIPELINE_KEYS
+               if k not in _OPTIONAL_KEYS or getattr(self, k) is not None}
         out.update(candidates={k: c.to_dict() for k, c in self.candidates.items()},
                    comparison=self.comparison.to_dict(), gate=self.gate.to_dict())
         # cli keys are absent, not null, when not set (pipeline-only dict, no tracking).

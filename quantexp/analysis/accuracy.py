@@ -8,7 +8,9 @@ comparison would drown a small delta in between-item variance.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -67,6 +69,19 @@ def accuracy(preds: ArrayLike, labels: ArrayLike) -> float:
     """Fraction of items where the prediction equals the label."""
     p, y = _same_shape_1d(preds, labels, ("preds", "labels"))
     return float(np.mean(p == y))
+
+
+def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (NaNs for n <= 0). Closed
+    form, the same numbers as scipy's ``binomtest(...).proportion_ci(method="wilson")``
+    (checked in the tests); importing scipy.stats would cost a report seconds."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def agreement(preds_a: ArrayLike, preds_b: ArrayLike) -> float:

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-_NS_PER_MS = 1_000_000
-_NS_PER_S = 1_000_000_000
+NS_PER_MS = 1_000_000
+NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class LatencyStats:
         return d
 
 
-def _stats_from_samples(
+def stats_from_samples(
     raw_ms: list[float],
     *,
     first_call_ms: float,
@@ -74,7 +74,7 @@ def _stats_from_samples(
     p50, p90, p99 = (
         float(v) for v in np.percentile(arr, [50, 90, 99], method="linear")
     )
-    total_s = total_ns / _NS_PER_S
+    total_s = total_ns / NS_PER_S
     throughput = batch_size * n / total_s if total_s > 0 else float("inf")
     return LatencyStats(
         raw_ms=list(raw_ms),
@@ -131,7 +131,7 @@ def cuda_event_timer() -> CallTimer:
         fn()
         end.record()
         end.synchronize()
-        return round(start.elapsed_time(end) * _NS_PER_MS)  # elapsed_time is in ms
+        return round(start.elapsed_time(end) * NS_PER_MS)  # elapsed_time is in ms
 
     return time_call
 
@@ -179,13 +179,13 @@ def measure_latency(
         raise ValueError(f"max_iters ({max_iters}) < min_iters ({min_iters})")
 
     time_call = time_call or wall_clock_timer(clock)
-    first_call_ms = time_call(fn) / _NS_PER_MS
+    first_call_ms = time_call(fn) / NS_PER_MS
 
     for _ in range(warmup):
         fn()
 
-    min_ns = min_seconds * _NS_PER_S
-    max_ns = max_seconds * _NS_PER_S
+    min_ns = min_seconds * NS_PER_S
+    max_ns = max_seconds * NS_PER_S
     raw_ns: list[int] = []
     total_ns = 0
     truncated = False
@@ -202,8 +202,8 @@ def measure_latency(
             truncated = True
             break
 
-    return _stats_from_samples(
-        [d / _NS_PER_MS for d in raw_ns],
+    return stats_from_samples(
+        [d / NS_PER_MS for d in raw_ns],
         first_call_ms=first_call_ms,
         total_ns=total_ns,
         batch_size=batch_size,

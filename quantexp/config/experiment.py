@@ -33,6 +33,10 @@ class BenchConfig:
     batch_size: int = 16
     warmup: int = 5
     min_iters: int = 30
+    # The fp32 reference and the candidate are timed in alternating rounds (ABBA...);
+    # at least this many, each of ceil(min_iters / min_rounds) calls per side. The
+    # speed-up's confidence interval resamples rounds, so more rounds, tighter CI.
+    min_rounds: int = 10
     min_seconds: float = 2.0
     # Hard stop so a pathologically slow model cannot hang a sweep.
     max_seconds: float = 60.0
@@ -44,6 +48,9 @@ class BenchConfig:
 
     def validate(self) -> None:
         require_positive(self, "batch_size", "min_iters", prefix="bench")
+        if self.min_rounds < 2:
+            raise ConfigError(f"bench.min_rounds must be >= 2 (the speed-up's CI resamples rounds), "
+                              f"got {self.min_rounds}")
         if self.warmup < 0 or self.min_seconds < 0 or self.max_seconds <= 0:
             raise ConfigError("bench.warmup and bench.min_seconds must be >= 0, bench.max_seconds > 0")
 
@@ -56,6 +63,9 @@ class EvalConfig:
     # Quality gate: a run whose accuracy drops more than this (in points, 0-100)
     # is marked as failing the gate; its numbers are still reported.
     max_accuracy_drop: Optional[float] = None
+    # The gate decides on the drop's confidence interval (passed / FAILED / inconclusive).
+    # true: a FAILED gate ends the process with exit code 4 (for CI); inconclusive does not.
+    gate_fails_run: bool = False
 
     def __post_init__(self) -> None:
         self.validate()

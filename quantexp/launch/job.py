@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf, read_write
 
 from quantexp.launch.isolation import JobCrashed, run_in_fresh_process
 from quantexp.launch.placement import plan
+from quantexp.tracking import EXIT
 
 
 def run_sweep_job(body: Callable[[DictConfig, dict[str, Any] | None], Any], cfg: DictConfig) -> Any:
@@ -40,31 +41,35 @@ def run_sweep_job(body: Callable[[DictConfig, dict[str, Any] | None], Any], cfg:
     output_dir = Path(str(hc.runtime.output_dir))
     with _sweep_store(cfg):
         if isolation == "inline":
-            return _within_threads(body, cfg, placement.to_dict())
+            return _within_threads(body, cfg, placement.to_dict())[0]
         try:
-            return run_in_fresh_process(_within_threads, body, cfg, placement.to_dict(),
-                                        hydra_cfg=HydraConfig.instance().cfg, crash_dir=output_dir,
-                                        name=f"quantexp-job-{hc.job.num}")
+            value, exit_code = run_in_fresh_process(_within_threads, body, cfg, placement.to_dict(),
+                                                    hydra_cfg=HydraConfig.instance().cfg, crash_dir=output_dir,
+                                                    name=f"quantexp-job-{hc.job.num}")
         except JobCrashed as exc:
             if exp.tracking.enabled:
                 from quantexp.tracking.lookup import fail_run_of_output_dir
 
                 fail_run_of_output_dir(cfg, Path(str(hc.runtime.cwd)), str(output_dir), exc)
             raise
+        if exit_code:  # an exit code the job set (a failed quality gate) reaches run.py
+            EXIT.code = EXIT.code or exit_code
+        return value
 
 
 def _within_threads(body: Callable[[DictConfig, dict[str, Any] | None], Any], cfg: DictConfig,
-                    placement: dict[str, Any]) -> Any:
-    """``body`` with the BLAS and OpenMP pools of every library loaded (numpy's, torch's)
-    held to the job's threads too, not only torch's and ONNX Runtime's intra-op pools
-    (which ``hardware.threads`` sets): the bootstrap and data code stay within budget."""
+                    placement: dict[str, Any]) -> tuple[Any, int]:
+    """(``body``'s value, the exit code it set) with the BLAS and OpenMP pools of every
+    library loaded (numpy's, torch's) held to the job's threads too, not only torch's and
+    ONNX Runtime's intra-op pools (which ``hardware.threads`` sets)."""
     threads = placement.get("threads")
-    if not threads or not placement.get("co_located"):
-        return body(cfg, placement)
-    from threadpoolctl import threadpool_limits
+    limits = contextlib.nullcontext()
+    if threads and placement.get("co_located"):
+        from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=int(threads)):
-        return body(cfg, placement)
+        limits = threadpool_limits(limits=int(threads))
+    with limits:
+        return body(cfg, placement), EXIT.code
 
 
 @contextlib.contextmanager

@@ -16,11 +16,11 @@ from typing import TypeVar
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from quantexp.config import ConfigError, ModelConfig
 from quantexp.models.base import Split
 from quantexp.models.datasets import RawDataset, check_kind, make_splits
+from quantexp.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,7 @@ def fit(module: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: flo
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(data), generator=generator)
         total_loss, correct = 0.0, 0
-        bar = tqdm(range(0, len(data), batch_size), desc=f"{desc} epoch {epoch}/{epochs}",
-                   unit="batch", leave=False, disable=None)
-        for start in bar:
+        for start in track(range(0, len(data), batch_size), f"{desc} epoch {epoch}/{epochs}"):
             index = order[start:start + batch_size]
             inputs = tuple(x[index] for x in data.inputs)
             labels = data.labels[index]
@@ -73,7 +71,6 @@ def fit(module: nn.Module, data: Split, *, epochs: int, batch_size: int, lr: flo
             optimizer.step()
             total_loss += loss.item() * len(index)
             correct += int((logits.argmax(dim=1) == labels).sum())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
         entry = {"epoch": epoch, "loss": total_loss / len(data), "train_accuracy": correct / len(data)}
         history.append(entry)
         log.info("%s epoch %d/%d: loss %.4f, train accuracy %.4f",

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from quantexp.progress import track
 from quantexp.quant.hessian import hutchinson_trace
 from quantexp.quant.layer_error import sqnr_db
 from quantexp.quant.mixed_layers import (
@@ -251,7 +252,7 @@ def run_sensitivity(bundle: ModelBundle, analysis: Split, choices: list[str] | N
     if reference_dtype not in choices:
         reference_dtype = next((d for d in ("int8", "int4", "bf16", "fp16") if d in choices), "int8")
     report = SensitivityReport(list(layers), reference_dtype, base)
-    for name, module in layers.items():
+    for name, module in track(layers.items(), "sensitivity: one layer at a time", total=len(layers)):
         report.rows.append({"layer": name, "dtype": "fp32", "accuracy_drop_points": 0.0,
                             "loss_delta": 0.0, "kl_div": 0.0, "sqnr_db": math.inf,
                             "size_bytes": layer_weight_bytes(module, "fp32"),

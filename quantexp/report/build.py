@@ -15,23 +15,29 @@ from rich.table import Table
 
 from quantexp.report.compare import COLUMNS, ReportError, Row, comparison_rows, table_cells, write_tables
 from quantexp.report.html import DEFAULT_UI, write_html, write_pngs
+from quantexp.report.layers import layer_figure
 from quantexp.report.sweeps import job_number
 from quantexp.results import Results
 
 
-def read_folder(folder: Path) -> list[Results]:
-    """Every results.json under ``folder`` (a sweep, a run, or a folder of either), in path order."""
+def read_folder(folder: Path, running: list[str] | None = None) -> list[Results]:
+    """Every results.json under ``folder`` (a sweep, a run, or a folder of either), in path
+    order. Job folders (they hold Hydra's .hydra/) without one yet are named in
+    ``running`` when a list is given: a sweep still going on, or a job that failed."""
     if not folder.is_dir():
         raise ReportError(f"{folder} is not a folder")
     paths = sorted(folder.rglob("results.json"), key=lambda p: (str(p.parent.parent), job_number(p)))
+    if running is not None:
+        running += [f"{job.parent} (no results.json yet: running, or failed)" for job in sorted(folder.rglob(".hydra"))
+                    if not (job.parent / "results.json").is_file()]
     return [Results.from_json(p) for p in paths]
 
 
 def read_mlflow(client, experiment: str | None = None, filter_string: str = "",
-                run_ids: Sequence[str] = ()) -> list[Results]:
+                run_ids: Sequence[str] = (), running: list[str] | None = None) -> list[Results]:
     """The results.json artifact of every matching FINISHED run (``search_runs`` with
-    ``filter_string``, or the given run ids); runs still running are skipped - the report
-    can be made while a sweep goes on."""
+    ``filter_string``, or the given run ids). The report can be made while a sweep goes
+    on: runs still running are left out, and named in ``running`` when a list is given."""
     from mlflow.entities import ViewType
 
     if run_ids:
@@ -51,6 +57,8 @@ def read_mlflow(client, experiment: str | None = None, filter_string: str = "",
     out = []
     with tempfile.TemporaryDirectory(prefix="quantexp-report-") as tmp:
         for run in runs:
+            if run.info.status == "RUNNING" and running is not None:
+                running.append(f"{run.info.run_name} ({run.info.run_id})")
             if run.info.status != "FINISHED":
                 continue
             names = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -71,14 +79,18 @@ def comparison_table(rows: Sequence[Row], title: str) -> Table:
 
 
 def write_report(results: Sequence[Results], out_dir: Path, title: str,
-                 mlflow_ui: str = DEFAULT_UI, console: Console | None = None) -> tuple[list[Row], dict[str, Path]]:
-    """Rows + every report file in ``out_dir``; the table printed to ``console`` when given."""
+                 mlflow_ui: str = DEFAULT_UI, console: Console | None = None,
+                 running: Sequence[str] = ()) -> tuple[list[Row], dict[str, Path]]:
+    """Rows + every report file in ``out_dir``; the table printed to ``console`` when given.
+    ``running``: runs that have not finished yet (named in the report, not drawn)."""
     rows = comparison_rows(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {**write_tables(rows, out_dir), "report.html": write_html(rows, out_dir, title, mlflow_ui),
-             **write_pngs(rows, out_dir)}
+    html_path = write_html(rows, out_dir, title, mlflow_ui, layer_figure(results), running)
+    files = {**write_tables(rows, out_dir), "report.html": html_path, **write_pngs(rows, out_dir)}
     if console is not None:
         console.print(comparison_table(rows, title))
+        for name in running:
+            console.print(f"still running, not in the report yet: {name}")
         console.print(f"report: {files['report.html']} (+ comparison.csv, comparison.md, "
                       f"{', '.join(n for n in files if n.endswith('.png')) or 'no charts: nothing measured'})")
     return rows, files

@@ -56,8 +56,11 @@ class ReportCallback(Callback):
                 log.warning("no report for sweep %s: no job wrote results.json", sweep_dir)
                 return
             console = Console(width=None if sys.stdout.isatty() else 220)
-            _, files = write_report(results, sweep_dir, f"sweep {sweep_dir}", console=console)
+            rows, files = write_report(results, sweep_dir, f"sweep {sweep_dir}", console=console)
             client, parent = _parent_client(config, sweep_dir)
+            if client is not None:
+                _log_best(client, parent, rows, OmegaConf.select(config, "eval.max_accuracy_drop", default=None),
+                          files["comparison.md"].read_text())
             if client is not None:
                 from quantexp.tracking.store import retry_locked
 
@@ -65,6 +68,28 @@ class ReportCallback(Callback):
                     retry_locked(client.log_artifact, parent, str(path), "report")
         except Exception as exc:  # noqa: BLE001 - reporting must never stop the sweep
             log.warning("no report for sweep %s (%s: %s)", sweep_dir, type(exc).__name__, exc)
+
+
+def _log_best(client, parent: str, rows, max_drop, table_md: str) -> None:
+    """The parent run's headline: the best candidate's figures as ``best.*`` metrics, its
+    run and label as tags, and the comparison table as the run's description."""
+    import time
+
+    from mlflow.entities import Metric, RunTag
+
+    from quantexp.report.compare import best_row
+    from quantexp.tracking.store import retry_locked
+
+    best = best_row(rows, max_drop)
+    tags = [RunTag("mlflow.note.content", table_md[:8000])]
+    metrics = []
+    if best is not None:
+        now = int(time.time() * 1000)
+        values = {"best.accuracy_pct": best.accuracy_pct, "best.drop_pts": best.drop_pts, "best.p50_ms": best.p50_ms,
+                  "best.speedup": best.speedup, "best.size_mb": best.size_mb}
+        metrics = [Metric(k, float(v), now, 0) for k, v in values.items() if v is not None]
+        tags += [RunTag("quantexp.best", best.label), RunTag("quantexp.best_run_id", best.run_id or "-")]
+    retry_locked(client.log_batch, parent, metrics=metrics, tags=tags)
 
 
 class PtqVsQatCallback(Callback):

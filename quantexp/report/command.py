@@ -56,20 +56,21 @@ def main(argv: list[str]) -> int:
 
     from quantexp.report.build import read_folder, read_mlflow, write_report
 
+    running: list[str] = []
     try:
         if args.folder is not None and (args.experiment or args.runs or args.filter):
             raise ReportError("give a folder or MLflow runs (--experiment/--filter/--runs), not both")
         if args.folder is not None:
-            results = read_folder(args.folder)
+            results = read_folder(args.folder, running)
             out, title = args.out or args.folder, args.title or f"quantexp report: {args.folder}"
         else:
             run_ids = [r.strip() for r in args.runs.split(",") if r.strip()]
-            results = read_mlflow(_client(args.tracking_uri), args.experiment, args.filter, run_ids)
+            results = read_mlflow(_client(args.tracking_uri), args.experiment, args.filter, run_ids, running)
             name = args.experiment or "quantexp"
             out = args.out or Path("reports") / name
             title = args.title or f"quantexp report: {'runs ' + ', '.join(run_ids) if run_ids else name}" + (
                 f" ({args.filter})" if args.filter else "")
-        write_report(results, out, title, args.ui, Console(width=None if sys.stdout.isatty() else 220))
+        write_report(results, out, title, args.ui, Console(width=None if sys.stdout.isatty() else 220), running)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

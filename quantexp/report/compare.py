@@ -11,13 +11,13 @@ never as zero, and keeps the run off the fronts it cannot be placed on.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from statistics import NormalDist
 
+from quantexp.analysis.accuracy import wilson_interval
 from quantexp.analysis.pareto import pareto_front
+from quantexp.bench.interleaved import describe_speedup
 from quantexp.files import atomic_write_csv, atomic_write_text
 from quantexp.results import Results
 
@@ -49,9 +49,12 @@ class Row:
     items_per_s: float | None
     size_mb: float
     bits_per_param: float
-    speedup: float | None
+    speedup: float | None  # own fp32 p50 / p50, timed interleaved with its fp32
+    speedup_ci_low: float | None  # bootstrap CI over the interleaved rounds
+    speedup_ci_high: float | None
+    speedup_verdict: str | None  # faster / slower / no significant difference
     quantize_s: float | None
-    gate: str  # passed / FAILED / no gate
+    gate: str  # passed / FAILED / inconclusive / no gate
     n_items: int | None
     run_id: str | None
     results_path: str | None
@@ -71,13 +74,8 @@ def _pct(value: float | None) -> float | None:
 def _wilson(accuracy: float | None, n: float | None) -> tuple[float | None, float | None]:
     if accuracy is None or not n:
         return None, None
-    # Wilson's score interval in closed form (the same numbers as scipy's
-    # binomtest(...).proportion_ci(method="wilson"), checked in the tests): importing
-    # scipy.stats would cost a report seconds
-    z = NormalDist().inv_cdf(0.975)
-    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return 100.0 * (centre - half), 100.0 * (centre + half)
+    low, high = wilson_interval(accuracy * n, int(n))
+    return 100.0 * low, 100.0 * high
 
 
 def row_of(r: Results) -> Row:
@@ -88,7 +86,6 @@ def row_of(r: Results) -> Row:
     drop = 0.0 if is_fp32 and accuracy is not None else c.accuracy_drop_points
     low, high = _wilson(accuracy, c.n_items)
     latency = cand.latency
-    passed = r.gate.passed
     return Row(
         model=str(r.model.get("name")), method=r.label, precision=str(r.method.get("precision")),
         exporter=str(config.get("exporter", {}).get("name", "?")),
@@ -104,11 +101,19 @@ def row_of(r: Results) -> Row:
         items_per_s=latency.throughput_items_per_s if latency else None,
         size_mb=cand.size_bytes / 1e6, bits_per_param=cand.bits_per_param,
         speedup=1.0 if is_fp32 and latency and latency.p50_ms else r.speedup,
+        speedup_ci_low=c.speedup_ci_low, speedup_ci_high=c.speedup_ci_high, speedup_verdict=c.speedup_verdict,
         quantize_s=r.method.get("quantize_time_s"),
-        gate="no gate" if passed is None else ("passed" if passed else "FAILED"),
+        gate=_gate(r),
         n_items=None if c.n_items is None else int(c.n_items), run_id=r.mlflow_run_id,
         results_path=r.results_path,
         not_measured="; ".join(f"{k}: {v}" for k, v in r.not_measured.items()))
+
+
+def _gate(r: Results) -> str:
+    if r.gate.max_accuracy_drop is None:
+        return "no gate"
+    verdict = r.gate.verdict or {True: "passed", False: "failed", None: "inconclusive"}[r.gate.passed]
+    return "FAILED" if verdict == "failed" else verdict
 
 
 def comparison_rows(results: Sequence[Results]) -> list[Row]:
@@ -132,6 +137,18 @@ def comparison_rows(results: Sequence[Results]) -> list[Row]:
         for i in pareto_front(points, ["minimize", "minimize"]) if points else []:
             setattr(placed[i], flag, True)
     return rows
+
+
+def best_row(rows: Sequence[Row], max_drop_pts: float | None = None) -> Row | None:
+    """The candidate a user would ship: the fastest (p50) quantized run whose drop is
+    within ``max_drop_pts`` (default 1 point) and whose gate did not fail; if none is,
+    the one that loses the least. None when nothing was measured."""
+    limit = 1.0 if max_drop_pts is None else max_drop_pts
+    measured = [r for r in rows if r.method != "fp32" and r.drop_pts is not None]
+    within = [r for r in measured if r.drop_pts <= limit and r.gate != "FAILED" and r.p50_ms is not None]
+    if within:
+        return min(within, key=lambda r: r.p50_ms)
+    return min(measured, key=lambda r: r.drop_pts) if measured else None
 
 
 def _cell(value: object, spec: str = ".2f") -> str:
@@ -167,6 +184,9 @@ def table_cells(row: Row) -> list[str]:
     special = {
         "accuracy_pct": lambda r: _with_ci(r.accuracy_pct, r.accuracy_ci_low_pct, r.accuracy_ci_high_pct, ".2f", ".1f"),
         "drop_pts": lambda r: _with_ci(r.drop_pts, r.drop_ci_low_pts, r.drop_ci_high_pts, "+.2f", "+.2f"),
+        "speedup": lambda r: (NOT_MEASURED if r.speedup is None else
+                              describe_speedup(r.speedup, r.speedup_ci_low, r.speedup_ci_high, r.speedup_verdict,
+                                               None).removesuffix(" (no CI)")),
     }
     return [special[attr](row) if attr in special else _cell(getattr(row, attr), spec) for _, attr, spec in COLUMNS]
 
@@ -185,5 +205,5 @@ def write_tables(rows: Sequence[Row], out_dir: Path) -> dict[str, Path]:
             "comparison.md": atomic_write_text(out_dir / "comparison.md", to_markdown(rows))}
 
 
-__all__ = ["COLUMNS", "NOT_MEASURED", "ReportError", "Row", "comparison_rows", "row_of", "table_cells",
+__all__ = ["best_row", "COLUMNS", "NOT_MEASURED", "ReportError", "Row", "comparison_rows", "row_of", "table_cells",
            "to_markdown", "write_tables"]

@@ -19,9 +19,9 @@ from pathlib import Path
 
 from quantexp.files import atomic_path, atomic_write_text
 from quantexp.report.compare import COLUMNS, Row, table_cells
+from quantexp.tracking.store import DEFAULT_UI
 
 CHARTS = (("p50_ms", "front_latency", "p50 latency (ms)"), ("size_mb", "front_size", "size (MB)"))
-DEFAULT_UI = "http://127.0.0.1:5000"  # `make ui`
 
 
 def _scale(values: Sequence[float]) -> str:
@@ -102,8 +102,8 @@ function filterRows(text) {
 # plotly.js (4.7 MB) travels gzipped and base64-encoded (1.3 MB) and is unpacked by the
 # browser's own DecompressionStream: the report stays one offline file under 5 MB at any
 # number of runs. The figure is drawn once the library is in place.
-_LOADER = """<div id="charts"></div>
-<script type="application/json" id="figure">{figure}</script>
+_LOADER = """<div id="charts"></div>{more_divs}
+<script type="application/json" id="figures">{figures}</script>
 <script>
 (async function () {{
   var packed = "{packed}";
@@ -113,8 +113,10 @@ _LOADER = """<div id="charts"></div>
   var tag = document.createElement("script");
   tag.text = code;
   document.head.appendChild(tag);
-  var fig = JSON.parse(document.getElementById("figure").textContent);
-  await Plotly.newPlot("charts", fig.data, fig.layout, {{responsive: true}});
+  var figures = JSON.parse(document.getElementById("figures").textContent);
+  for (var id in figures) {{
+    await Plotly.newPlot(id, figures[id].data, figures[id].layout, {{responsive: true}});
+  }}
   {post_script}
   document.body.setAttribute("data-charts", "drawn");
 }})();
@@ -130,10 +132,19 @@ def _packed_plotlyjs() -> str:
     return base64.b64encode(gzip.compress(get_plotlyjs().encode("utf-8"), compresslevel=9, mtime=0)).decode("ascii")
 
 
-def to_html(rows: Sequence[Row], title: str, mlflow_ui: str = DEFAULT_UI) -> str:
-    figure_json = figure(rows, mlflow_ui).to_json().replace("</", "<\\/")  # never closes the <script>
-    plot = _LOADER.format(figure=figure_json, packed=_packed_plotlyjs(),
+def to_html(rows: Sequence[Row], title: str, mlflow_ui: str = DEFAULT_UI, layers=None,
+            running: Sequence[str] = ()) -> str:
+    """``layers``: the per-layer figure (``report.layers``) drawn below the fronts, if any;
+    ``running``: runs not finished yet (listed, not drawn)."""
+    figures = {"charts": json.loads(figure(rows, mlflow_ui).to_json())}
+    if layers is not None:
+        figures["layers"] = json.loads(layers.to_json())
+    figures_json = json.dumps(figures).replace("</", "<\\/")  # never closes the <script>
+    # every div exists before the script draws into it
+    more = '\n<h2>Per layer</h2>\n<div id="layers"></div>' if layers is not None else ""
+    plot = _LOADER.format(figures=figures_json, packed=_packed_plotlyjs(), more_divs=more,
                           post_script=_SCRIPT.replace("{plot_id}", "charts"))
+    still = "".join(f"<li>{html.escape(name)}</li>" for name in running)
     head = "".join(f"<th>{html.escape(h)}</th>" for h, _, _ in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(row)) + "</tr>"
                    for row in rows)
@@ -154,6 +165,7 @@ Click a point to open its MLflow run.</p>
 <p><input id="filter" placeholder="filter rows, e.g. cnn int8" oninput="filterRows(this.value)" size="40"></p>
 <table id="runs"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
 {f"<h2>Not measured</h2><ul>{notes}</ul>" if notes else ""}
+{f"<h2>Still running (not in the charts yet)</h2><ul>{still}</ul>" if still else ""}
 <script type="application/json" id="rows">{html.escape(json.dumps([r.__dict__ for r in rows], default=str))}</script>
 {_FILTER}
 </body></html>
@@ -190,8 +202,9 @@ def write_pngs(rows: Sequence[Row], out_dir: Path) -> dict[str, Path]:
     return written
 
 
-def write_html(rows: Sequence[Row], out_dir: Path, title: str, mlflow_ui: str = DEFAULT_UI) -> Path:
-    return atomic_write_text(out_dir / "report.html", to_html(rows, title, mlflow_ui))
+def write_html(rows: Sequence[Row], out_dir: Path, title: str, mlflow_ui: str = DEFAULT_UI, layers=None,
+               running: Sequence[str] = ()) -> Path:
+    return atomic_write_text(out_dir / "report.html", to_html(rows, title, mlflow_ui, layers, running))
 
 
 __all__ = ["figure", "to_html", "write_html", "write_pngs"]

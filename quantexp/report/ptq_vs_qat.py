@@ -20,14 +20,13 @@ when the models err on mostly the same items.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from quantexp.analysis.accuracy import mcnemar_exact, paired_bootstrap_delta
+from quantexp.analysis.accuracy import mcnemar_exact, paired_bootstrap_delta, wilson_interval
 from quantexp.files import atomic_write_csv
 
 METHODS = ("ptq_static", "qat", "qat_finetune")
@@ -35,16 +34,6 @@ ARTIFACT = "ptq_vs_qat.csv"
 # Paired columns (None for ptq_static itself and for runs without saved predictions).
 PAIRED_KEYS = ("delta_vs_ptq", "delta_vs_ptq_ci_low", "delta_vs_ptq_ci_high", "mcnemar_vs_ptq_p",
                "gap_recovered")
-
-
-def wilson_interval(correct: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95% by default)."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
 
 
 PREDICTIONS = "predictions.npz"  # written by quantexp.pipeline beside results.json

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -9,7 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from quantexp.results import Results
+from quantexp.bench.interleaved import describe_speedup
+from quantexp.results import Comparison, Results
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -35,7 +37,7 @@ def summary_table(results: Results | Mapping[str, Any]) -> Table:
             delta = (f"{100 * comp.accuracy_delta:+.2f} [{100 * comp.accuracy_delta_ci_low:+.2f},"
                      f" {100 * comp.accuracy_delta_ci_high:+.2f}]")
             agree = _fmt(100 * comp.agreement_fp32, ".2f")
-            speed = "-" if comp.speedup_p50 is None else f"{comp.speedup_p50:.2f}x"
+            speed = speedup_text(comp)
         else:
             delta, agree, speed = "not measured", "-", "-"
         noisy = " (noisy)" if lat is not None and lat.noisy else ""
@@ -47,16 +49,42 @@ def summary_table(results: Results | Mapping[str, Any]) -> Table:
     return table
 
 
+def speedup_text(comp: Comparison) -> str:
+    """The speed-up with its CI, or "no significant difference (...)"; "-" if not timed."""
+    if comp.speedup_p50 is None:
+        return "-"
+    return describe_speedup(comp.speedup_p50, comp.speedup_ci_low, comp.speedup_ci_high,
+                            comp.speedup_verdict, comp.speedup_noisy)
+
+
+def gate_text(gate) -> str:
+    """'passed (drop 0.20 pts, 95% CI [-0.10, 0.50])'; FAILED / inconclusive likewise."""
+    verdict = gate.verdict or {None: "inconclusive", True: "passed", False: "failed"}[gate.passed]
+    ci = ("" if gate.accuracy_drop_ci_low is None
+          else f", CI [{gate.accuracy_drop_ci_low:.2f}, {gate.accuracy_drop_ci_high:.2f}]")
+    return f"{'FAILED' if verdict == 'failed' else verdict} (drop {gate.accuracy_drop_points:.2f} pts{ci})"
+
+
+def summary_text(results: Results | Mapping[str, Any]) -> str:
+    """The summary as plain text (the MLflow run's description shows it)."""
+    console = Console(record=True, width=170, file=io.StringIO())
+    print_summary(results, console)
+    return console.export_text()
+
+
 def print_summary(results: Results | Mapping[str, Any], console: Console | None = None) -> None:
     r = _typed(results)
     # Off a terminal rich assumes 80 columns and would fold the table; give it room.
     console = console or Console(width=None if sys.stdout.isatty() else 160)
     console.print(summary_table(r))
     gate = r.gate
-    if gate.passed is not None:
-        verdict = "passed" if gate.passed else "FAILED"
-        console.print(f"quality gate (max drop {gate.max_accuracy_drop} pts): {verdict} "
-                      f"(drop {gate.accuracy_drop_points:.2f} pts)")
+    if gate.max_accuracy_drop is not None:
+        console.print(f"quality gate (max drop {gate.max_accuracy_drop} pts): {gate_text(gate)}")
+    if r.interleaved is not None:
+        i = r.interleaved
+        console.print(f"speed-up vs fp32: {speedup_text(r.comparison)} - fp32 and {r.label} timed "
+                      f"interleaved, {i['rounds']} rounds of {i['calls_per_round']} call(s) each, "
+                      f"{100 * i['confidence']:.0f}% bootstrap CI over rounds")
     for metric, reason in r.not_measured.items():
         console.print(f"{metric}: {reason}")
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in r.stages_s.items())

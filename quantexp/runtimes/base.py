@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+
+from quantexp.progress import track
 
 
 class Runtime(ABC):
@@ -58,7 +59,7 @@ def predict(runtime: Runtime, inputs: tuple[torch.Tensor, ...], batch_size: int,
     """Arg-max predictions of ``runtime`` over every item, in batches."""
     n = int(inputs[0].shape[0])
     out = []
-    for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", leave=False):
+    for start in track(range(0, n, batch_size), desc):
         logits = runtime(*(x[start:start + batch_size] for x in inputs))
         out.append(torch.as_tensor(logits).argmax(dim=-1).cpu().numpy())
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)

@@ -104,7 +104,7 @@ class MlflowSweepCallback(Callback):
                 tags[_STUDY_TAG] = study
             run = retry_locked(
                 client.create_run, experiment_id,
-                run_name=f"study {study.rpartition('#')[2]}" if study else f"sweep {sweep_dir.name}",
+                run_name=f"study {study.rpartition('#')[2]}" if study else sweep_name(overrides),
                 tags=tags)
         return run
 
@@ -188,6 +188,16 @@ def _process_alive(run: Any) -> bool | None:
     if "quantexp.process.pid" not in tags:
         return False
     return process_alive({k: tags.get(f"quantexp.process.{k}") for k in ("host", "pid", "started")})
+
+
+def sweep_name(overrides: list[Any]) -> str:
+    """'2026-12-04 10:05 sweep method=fp32,ptq_static model=cnn': when, and what was swept
+    (the overrides with several values, and the recipe)."""
+    import datetime
+
+    swept = [str(o) for o in overrides if "," in str(o) or str(o).startswith(("+experiment=", "experiment="))]
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return f"{stamp} sweep " + (" ".join(swept) if swept else "of one configuration")
 
 
 def _study_key(config: DictConfig) -> str | None:

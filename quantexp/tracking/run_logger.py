@@ -70,10 +70,11 @@ def _as_mapping(value: Any) -> Any:
 
 
 def _scalar(value: Any) -> Scalar:
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
+    # Enums first: the config's enums are str subclasses, whose str() is "DType.int8"
     if isinstance(value, Enum):
         return _scalar(value.value)
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
     if isinstance(value, Path):
         return str(value)
     if type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0:
@@ -254,6 +255,20 @@ class RunLogger:
 
     def log_text(self, text: str, name: str) -> None:
         retry_locked(self.client.log_text, self.run_id, text, name)
+
+    def log_dataset(self, name: str, features: Mapping[str, Any], targets: Any, context: str,
+                    source: Mapping[str, str]) -> None:
+        """Record a data split as the run's input (MLflow's Datasets column): its name,
+        digest, schema and shape, and ``source`` (tags saying where the data comes from,
+        e.g. the package that ships it). The data itself is not copied."""
+        import mlflow.data
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+
+        dataset = mlflow.data.from_numpy(dict(features), targets=targets, name=name,
+                                         source=CodeDatasetSource(tags=dict(source)))
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        retry_locked(self.client.log_inputs, self.run_id, datasets=[entity])
 
     def mark_not_measured(self, metric: str, reason: str) -> None:
         """Say, on the run, that ``metric`` has no value here and why (the

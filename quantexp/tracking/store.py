@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DB_NAME = "mlflow.db"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+DEFAULT_UI = "http://127.0.0.1:5000"  # `make ui`
 ARTIFACTS_DIR = "mlartifacts"
 _SQLITE = "sqlite:///"
 
@@ -174,7 +176,8 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     experiment = retry_locked(client.get_experiment_by_name, name)
     if experiment is None:
         try:
-            return retry_locked(client.create_experiment, name, artifact_location=artifact_location)
+            return retry_locked(client.create_experiment, name, artifact_location=artifact_location,
+                                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -184,7 +187,26 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     if experiment.lifecycle_stage == "deleted":
         log.warning("MLflow experiment %r was deleted; restoring it", name)
         retry_locked(client.restore_experiment, experiment.experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        # MLflow 3's UI opens an experiment without this tag on its GenAI overview
+        # (traces, token usage); tagged, it opens on the runs table.
+        retry_locked(client.set_experiment_tag, experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
+
+
+def ui_base(tracking_uri: str) -> str:
+    """Where the MLflow UI of this store is: the server itself for an http(s) store,
+    else $QUANTEXP_MLFLOW_UI or `make ui`'s address."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return os.environ.get("QUANTEXP_MLFLOW_UI", DEFAULT_UI).rstrip("/")
+
+
+def run_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The runs table of an experiment (or one run) in MLflow 3's UI, as a model-training
+    workflow (without workflowType the UI may open its GenAI views)."""
+    path = f"#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    return f"{base}/{path}?workflowType=machine_learning"
 
 
 def open_client(configured_uri: str | None, project_root: Path,

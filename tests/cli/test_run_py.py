@@ -53,6 +53,22 @@ def check_sweep(tmp: Path, proc: subprocess.CompletedProcess, family: str) -> No
     assert by_method["fp32"]["comparison"]["accuracy_delta"] == 0.0
     assert by_method["ptq_dynamic"]["candidates"]["ptq_dynamic"]["bits_per_param"] < 32.0
     assert by_method["ptq_static"]["candidates"]["fp32"]["bits_per_param"] == pytest.approx(32.0)
+    # The sweep's fp32 reference was exported and evaluated by one job and loaded by the
+    # other; each job timed it again, interleaved with its own candidate.
+    quantized = [by_method[m] for m in ("ptq_static", "ptq_dynamic")]
+    assert sorted(d["candidates"]["fp32"]["from_sweep_cache"] for d in quantized) == [False, True]
+    assert len({d["candidates"]["fp32"]["artifact"] for d in quantized}) == 1
+    assert len({d["candidates"]["fp32"]["accuracy"] for d in quantized}) == 1
+    for d in quantized:
+        cached = d["candidates"]["fp32"]["from_sweep_cache"]
+        assert ("export_fp32" in d["stages_s"]) is not cached and "timing" in d["stages_s"]
+        rounds = d["interleaved"]["rounds"]
+        assert rounds >= 4 and len(d["interleaved"]["reference_round_ms"]) == rounds
+        comp = d["comparison"]
+        assert comp["speedup_ci_low"] <= comp["speedup_p50"] <= comp["speedup_ci_high"]
+        assert comp["speedup_verdict"] in ("faster", "slower", "no significant difference")
+        assert d["candidates"]["fp32"]["latency"]["n_iters"] == d["candidates"][d["method"]["name"]]["latency"]["n_iters"]
+    assert "interleaved" not in by_method["fp32"]  # a baseline run has no partner to time with
     client, runs = store(tmp)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -60,7 +76,7 @@ def check_sweep(tmp: Path, proc: subprocess.CompletedProcess, family: str) -> No
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     for child in children:
         assert child.info.status == "FINISHED"
-        assert "accuracy" in child.data.metrics and "latency.p50_ms" in child.data.metrics
+        assert "candidate.accuracy_pct" in child.data.metrics and "candidate.latency.p50_ms" in child.data.metrics
         assert child.data.params["model.name"]
         assert child.data.tags["host.threads"] and child.data.tags["version.torch"]
 
@@ -98,6 +114,12 @@ def check_sweep_report(tmp: Path, proc: subprocess.CompletedProcess) -> None:
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/report.html", "report/comparison.csv", "report/comparison.md"} <= logged
+    # the parent: named by date and what was swept, the table as its description, the best candidate
+    assert " sweep " in parent.info.run_name and "+experiment=families" in parent.info.run_name
+    assert "| ptq_static |" in parent.data.tags["mlflow.note.content"]
+    best = parent.data.tags["quantexp.best"]
+    assert best.split()[1].split("@")[0] in ("ptq_static", "ptq_dynamic")
+    assert {"best.accuracy_pct", "best.drop_pts", "best.size_mb"} <= set(parent.data.metrics)
     # the same report from the runs in MLflow, through the command
     out = tmp / "from_mlflow"
     again = subprocess.run([sys.executable, "-m", "quantexp", "report", "--experiment", "quantexp",

@@ -43,9 +43,10 @@ def test_ptq_static_on_ane_end_to_end(tmp_path, capsys):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (run,) = client.search_runs([client.get_experiment_by_name("quantexp").experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.tags["not_measured.ptq_static.latency"] == NOT_MEASURED
-    assert "latency.p50_ms" not in run.data.metrics and "accuracy" not in run.data.metrics
-    assert run.data.metrics["bits_per_param"] == pytest.approx(cand["bits_per_param"])
+    assert run.data.tags["not_measured.candidate.latency"] == NOT_MEASURED
+    assert run.data.tags["not_measured.fp32.accuracy_pct"] == NOT_MEASURED
+    assert "candidate.latency.p50_ms" not in run.data.metrics and "candidate.accuracy_pct" not in run.data.metrics
+    assert run.data.metrics["candidate.bits_per_param"] == pytest.approx(cand["bits_per_param"])
     reports = [a.path for a in client.list_artifacts(run.info.run_id, "reports/ptq_static")]
     assert "reports/ptq_static/ptq_static.ane_report.json" in reports
 

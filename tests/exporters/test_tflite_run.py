@@ -64,9 +64,9 @@ def test_cnn_fp32_and_ptq_static_through_litert(tmp_path):
     runs = [r for r in client.search_runs([experiment.experiment_id])
             if "mlflow.parentRunId" in r.data.tags]
     metrics = {r.data.params["method.name"]: r.data.metrics for r in runs}
-    assert metrics["ptq_static"]["parity.top1_agreement"] == int8["export.parity.top1_agreement"]
+    assert metrics["ptq_static"]["candidate.parity.top1_agreement"] == int8["export.parity.top1_agreement"]
     assert metrics["ptq_static"]["fp32.parity.max_abs_err"] == fp32["export.parity.max_abs_err"]
-    assert metrics["fp32"]["parity.max_abs_err"] < 1e-4
+    assert metrics["fp32"]["candidate.parity.max_abs_err"] < 1e-4
 
 
 def test_tflite_with_fp16_dynamic_is_refused_before_any_model_loads(tmp_path):

@@ -74,13 +74,18 @@ def test_cnn_fp32_ort_dynamic_ort_static_in_onnxruntime(shared):
     for run in runs:
         name = run.data.params["method.name"]
         if name == "fp32":
-            assert run.data.metrics["parity.top1_agreement"] == 1.0
+            assert run.data.metrics["candidate.parity.top1_agreement"] == 1.0
         else:
             assert run.data.metrics["fp32.parity.top1_agreement"] == 1.0
             tables = [a.path for a in client.list_artifacts(run.info.run_id, "tables")]
             assert tables == ["tables/layer_error.csv"]
             models = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "model")}
-            assert models == {"fp32.onnx", f"{name}.onnx"}
+            assert models == {"fp32.onnx"}  # the reference as a file; the deployed model as an MLflow model:
+            (logged,) = [m for m in client.search_logged_models([experiment.experiment_id])
+                         if m.source_run_id == run.info.run_id]
+            assert str(logged.status).endswith("READY") and logged.tags["quantexp.flavour"] == "onnx"
+            files = {a.path for a in client.list_logged_model_artifacts(logged.model_id)}
+            assert {"MLmodel", "model.onnx"} <= files
 
 
 def test_ptq_static_exports_real_qdq_int8(shared):

@@ -71,6 +71,47 @@ def test_runs_on_different_test_sets_are_refused(runs):
         comparison_rows([])
 
 
+def test_per_layer_charts_come_from_the_runs_tables(runs):
+    from quantexp.report.layers import layer_figure, layer_series
+
+    _, r = runs
+    charts = layer_series([r["dynamic"], r["static"], r["ane"]])
+    (sqnr,) = [series for title, series in charts.items() if title.startswith("layer SQNR")]
+    labels = [label for label, _, _ in sqnr]
+    assert len(labels) == 2 and any("ptq_static" in label for label in labels)  # the fp32 ANE run has no table
+    static = next(s for s in sqnr if "ptq_static" in s[0])
+    table = r["static"].tables["layer_error"]
+    assert static[1] == [row["layer"] for row in table] and static[2] == [row["sqnr_db"] for row in table]
+    assert layer_figure([r["ane"]]) is None  # nothing to draw: no per-layer section
+
+
+def test_the_best_candidate_is_the_fastest_within_the_allowed_drop(runs):
+    from quantexp.report.compare import best_row
+
+    _, r = runs
+    rows = comparison_rows([r["dynamic"], r["static"], r["ane"]])
+    best = best_row(rows, max_drop_pts=100.0)
+    assert best.p50_ms == min(row.p50_ms for row in rows if row.p50_ms is not None and row.method != "fp32")
+    # nothing within a drop of -100 points: the one that loses least
+    assert best_row(rows, max_drop_pts=-100.0).drop_pts == min(row.drop_pts for row in rows
+                                                               if row.drop_pts is not None and row.method != "fp32")
+
+
+def test_a_job_without_results_yet_is_listed_as_running(runs, tmp_path):
+    import shutil
+
+    from quantexp.report.build import read_folder
+
+    tmp, _ = runs
+    shutil.copytree(tmp / "runs", tmp_path / "sweep")
+    (tmp_path / "sweep" / "3_cnn_qat" / ".hydra").mkdir(parents=True)  # a job that has started
+    running: list[str] = []
+    results = read_folder(tmp_path / "sweep", running)
+    assert len(results) == 3 and len(running) == 1 and "3_cnn_qat" in running[0]
+    html = to_html(comparison_rows(results), "t", running=running)
+    assert "Still running" in html and "3_cnn_qat" in html
+
+
 def _report(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "quantexp", "report", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, check=False)
@@ -119,6 +160,7 @@ def test_the_html_report_in_a_real_browser(runs, tmp_path):
         page.wait_for_selector("body[data-charts=drawn]", timeout=60_000)
         points = page.evaluate("document.querySelectorAll('#charts .scatterlayer .trace .point').length")
         fronts = page.evaluate("[...document.querySelectorAll('#charts .legendtext')].map(e => e.textContent)")
+        layer_lines = page.evaluate("document.querySelectorAll('#layers .scatterlayer .trace').length")
         page.fill("#filter", "ptq_static")
         visible = page.evaluate("[...document.querySelectorAll('#runs tbody tr')].filter(r => r.style.display !== 'none').length")
         artifacts = Path(os.environ.get("QUANTEXP_TEST_ARTIFACTS", ROOT / "test-artifacts"))
@@ -128,3 +170,4 @@ def test_the_html_report_in_a_real_browser(runs, tmp_path):
     assert errors == []
     assert points == 2 * placed  # one marker per placed run on each chart (the ANE run is not placed)
     assert "Pareto front" in fronts and visible == 1
+    assert layer_lines == 2  # per-layer SQNR of the two quantized runs

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -282,7 +283,7 @@ def test_callback_in_process_counts_children(tmp_path):
     callback.on_multirun_end(cfg)
     assert PARENT_RUN_ENV not in os.environ
     parent = client.get_run(pid)
-    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep 10-00-00"
+    assert parent.info.status == "FINISHED" and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d sweep x=1,2", parent.info.run_name)
     assert parent.data.tags["quantexp.overrides"] == "x=1,2 seed=3"
     assert parent.data.tags["quantexp.sweep_dir"] == str(sweep_dir)
     assert parent.data.metrics == {"n_jobs": 2.0, "n_finished": 1.0, "n_failed": 1.0}
@@ -432,7 +433,7 @@ def test_hydra_multirun_end_to_end(tmp_path, migrated_db):
     assert [c.data.metrics["x"] for c in children] == [1.0, 2.0]
     pid = parent.info.run_id
     assert all(c.data.tags["from_file"] == pid for c in children)  # the cross-process path
-    assert parent.info.status == "FINISHED" and parent.info.run_name.startswith("sweep sweep-")
+    assert parent.info.status == "FINISHED" and parent.info.run_name.endswith(" sweep x=1,2")
     assert parent.data.tags["quantexp.overrides"] == "x=1,2"
     assert parent.data.metrics == {"n_jobs": 2.0, "n_finished": 2.0, "n_failed": 0.0}
     sweep_dir = Path(parent.data.tags["quantexp.sweep_dir"])

@@ -52,6 +52,19 @@ class TorchArtifact(Exporter):
                         export_time_s=saved - start, load_time_s=loaded_at - saved,
                         info={"format": fmt}, param_bits=storage_bits(model.state_dict()).param_bits)
 
+    def load(self, path: Path) -> Exported:
+        """An artifact this exporter wrote: TorchScript, or the whole-module pickle it
+        falls back to (which this project wrote itself, hence weights_only=False)."""
+        path = Path(path)
+        start = time.perf_counter()
+        try:
+            loaded, fmt = torch.jit.load(str(path), map_location=self.host.device), "torchscript"
+        except RuntimeError:  # not a TorchScript archive: the pickle fallback
+            loaded, fmt = torch.load(path, weights_only=False, map_location=self.host.device), "torch.save pickle"
+        return Exported(TorchRuntime(loaded, artifact=path, device=self.host.device, dtype=self.host.dtype),
+                        path, export_time_s=0.0, load_time_s=time.perf_counter() - start, info={"format": fmt},
+                        param_bits=storage_bits(loaded.state_dict()).param_bits)
+
 
 def _on_device(model: torch.nn.Module, device: str) -> torch.nn.Module:
     """``model`` on ``device``: itself when it is already there (a model bitsandbytes

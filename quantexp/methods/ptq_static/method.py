@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from quantexp.methods.base import QuantizationMethod, QuantizedModel, count_modules
+from quantexp.progress import track
 from quantexp.quant.int_grid import clamp_quantized_weights, weight_value_bits
 from quantexp.quant.layer_error import layer_error_info
 from quantexp.quant.qconfig import KEPT_FLOAT, QUANTIZABLE, build_qconfig, count_quantized
@@ -69,7 +70,8 @@ class PTQStatic(QuantizationMethod):
 
     def _calibrate(self, model: nn.Module, calibration) -> None:
         with torch.inference_mode():
-            for inputs, _ in calibration.batches(self.cfg.calibration.batch_size):
+            batches = calibration.batches(self.cfg.calibration.batch_size)
+            for inputs, _ in track(batches, "calibration", total=-(-len(calibration) // self.cfg.calibration.batch_size)):
                 model(*inputs)
 
     def _fx(self, model, qconfig, example, calibration):

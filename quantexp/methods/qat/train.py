@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from quantexp.methods.qat.fake_quant import (
     QATDiverged,
@@ -32,6 +31,7 @@ from quantexp.methods.qat.fake_quant import (
     weight_stats,
 )
 from quantexp.models.base import Split
+from quantexp.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,7 @@ def train_qat(model: nn.Module, units: list[QuantUnit], schedule: QuantSchedule,
         order = torch.randperm(len(train), generator=generator)
         sums = {"loss": 0.0, "task_loss": 0.0, "distill_loss": 0.0, "range_loss": 0.0}
         correct = 0
-        bar = tqdm(range(0, len(train), s.batch_size), desc=f"{desc} epoch {epoch + 1}/{s.epochs}",
-                   unit="batch", leave=False, disable=None)
-        for start in bar:
+        for start in track(range(0, len(train), s.batch_size), f"{desc} epoch {epoch + 1}/{s.epochs}"):
             state = schedule.apply_step(model, step)
             index = order[start:start + s.batch_size]
             inputs = tuple(x[index] for x in train.inputs)
@@ -125,7 +123,6 @@ def train_qat(model: nn.Module, units: list[QuantUnit], schedule: QuantSchedule,
             for key, value in parts.items():
                 sums[key] += float(value.detach()) * n
             correct += int((logits.argmax(1) == labels).sum())
-            bar.set_postfix(loss=f"{loss.item():.4f}", bits=bits)
             if run_log is not None and step % s.log_every == 0:
                 run_log.log_metrics({"qat.step.loss": loss.item(), "qat.step.lr": scheduler.get_last_lr()[0],
                                      **{f"qat.step.{k}": v for k, v in state.items()}}, step=step)

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from quantexp.config import ConfigError
 from quantexp.models.base import Split
 from quantexp.models.datasets import TEXT, RawDataset, check_kind, make_splits
 from quantexp.models.training import fit
 from quantexp.models.transformer.config import TransformerConfig
+from quantexp.progress import track
 
 PACKAGE_PREFIX = "package:"
 WEIGHTS_FILE = "model.safetensors"
@@ -134,8 +134,7 @@ class TextClassifier(nn.Module):
 @torch.no_grad()
 def pooled_features(model: TextClassifier, split: Split, batch_size: int, desc: str) -> torch.Tensor:
     model.eval()
-    batches = tqdm(split.batches(batch_size), total=-(-len(split) // batch_size),
-                   desc=f"{desc} features", unit="batch", leave=False, disable=None)
+    batches = track(split.batches(batch_size), f"{desc} features", total=-(-len(split) // batch_size))
     return torch.cat([model.features(*inputs) for inputs, _ in batches])
 
 

@@ -1,0 +1,96 @@
+"""How good is `quantexp compare` at its job? Reruns of one configuration must not be
+flagged; planted regressions must be. Prints, per metric, the false-positive rate over
+reruns and the detection rate of:
+- a planted 1-point accuracy drop (1 % of the test items flipped from right to wrong in a
+  copy of each rerun's predictions, a different random set each time);
+- a planted slowdown (the same configuration at fewer threads: a real, slower run).
+
+    .venv/bin/python benchmarks/regression_detection.py [--reruns 10] [--slow-runs 5] [overrides...]
+    .venv/bin/python benchmarks/regression_detection.py --reruns 3 --slow-runs 0 model=minilm method=ptq_dynamic
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from quantexp.analysis.regression import REGRESSED
+from quantexp.config.regression import RegressionConfig
+from quantexp.regression.compare import compare
+from quantexp.regression.sources import from_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(out: Path, cache: Path, overrides: list[str]) -> Path:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides, "tracking.enabled=false",
+                    f"hydra.run.dir={out}", f"cache_dir={cache}"], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return out
+
+
+def planted_drop(src: Path, dst: Path, seed: int) -> Path:
+    """A copy of ``src`` whose candidate got 1 % of the test items wrong that it had right."""
+    shutil.copytree(src, dst)
+    data = dict(np.load(dst / "predictions.npz"))
+    label = from_path(dst).results.label
+    right = np.flatnonzero(data[label] == data["labels"])
+    flip = np.random.default_rng(seed).choice(right, size=max(1, len(data["labels"]) // 100), replace=False)
+    data[label][flip] = (data["labels"][flip] + 1) % (int(data["labels"].max()) + 1)
+    np.savez_compressed(dst / "predictions.npz", **data)
+    return dst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reruns", type=int, default=10)
+    parser.add_argument("--slow-runs", type=int, default=5, help="runs at --slow-threads (0: skip)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--slow-threads", type=int, default=1)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="quantexp-detect-"))
+    cache = ROOT / ".cache" / "detect"
+    base = [*args.overrides, f"hardware.threads={args.threads}"]
+    reruns = [run(work / f"rerun{i}", cache, base) for i in range(args.reruns)]
+    config = RegressionConfig()
+    baseline = from_path(reruns[0])
+    false_pos: Counter[str] = Counter()
+    for path in reruns[1:]:
+        for v in compare(baseline, from_path(path), config).verdicts:
+            false_pos[v.metric] += v.status == REGRESSED
+            print(f"rerun {path.name}: {v.metric} {v.status} - {v.detail}", flush=True)
+    caught = 0
+    for i, path in enumerate(reruns):
+        planted = planted_drop(path, work / f"planted{i}", seed=i)
+        verdict = compare(baseline, from_path(planted), config).verdicts[0]
+        caught += verdict.status == REGRESSED
+        print(f"planted drop {i}: {verdict.status} - {verdict.detail}", flush=True)
+    slow_caught, ratios = 0, []
+    for i in range(args.slow_runs):
+        slow = run(work / f"slow{i}", cache, [*args.overrides, f"hardware.threads={args.slow_threads}"])
+        verdict = next(v for v in compare(baseline, from_path(slow), config).verdicts if v.metric == "latency")
+        slow_caught += verdict.status == REGRESSED
+        ratios.append(verdict.estimate)
+        print(f"slow run {i} ({args.slow_threads} thread): {verdict.status} - {verdict.detail}", flush=True)
+    n = args.reruns - 1
+    print(f"\nconfiguration: {' '.join(base)}; thresholds: {config}")
+    for metric in ("accuracy", "latency", "speedup"):
+        print(f"false positives over {n} reruns vs rerun 0: {metric} {false_pos[metric]}/{n}")
+    print(f"planted 1 % accuracy drop detected: {caught}/{len(reruns)}")
+    if args.slow_runs:
+        print(f"planted slowdown ({args.threads} -> {args.slow_threads} threads, p50 x{min(ratios):.2f}.."
+              f"x{max(ratios):.2f}) detected as a latency regression: {slow_caught}/{args.slow_runs}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Interleaved A/B timing: a reference and a candidate timed in alternating rounds in
+one process, and the speed-up with a bootstrap confidence interval over rounds.
+
+Why interleave: timing fp32 for two seconds and then int8 for two seconds puts any
+drift of the machine between the two phases (a neighbour's job, frequency scaling,
+a cache flushed by the evaluation in between) into the ratio; five sequential reruns
+of one experiment gave 0.94x..1.49x. Alternating short blocks (A B, then B A, ...)
+exposes both sides to the same drift, so it cancels in the ratio, and the spread
+between rounds becomes measurable: the confidence interval comes from resampling
+whole rounds (a round keeps its A block and its B block together), so the drift
+within a round stays paired.
+
+The estimate is the ratio of medians of every timed call (reference p50 / candidate
+p50: > 1 means the candidate is faster), so it equals the two latency rows the
+report prints. The CI is a percentile bootstrap over rounds: resample R rounds with
+replacement, pool their calls, take the ratio of the pooled medians. A CI that
+contains 1.0 is "no significant difference"; one whose half-width exceeds
+``noisy_pct`` of the ratio is flagged noisy. The anchors read: pyperf (calibrated
+loops, many independent values, stdev reported next to the mean) and
+``torch.utils.benchmark`` (``blocked_autorange``: blocks of calls timed together,
+the median as the statistic). ``benchmarks/timing_fidelity.py`` checks this harness
+against ``blocked_autorange`` on the same module.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from quantexp.bench.latency import NS_PER_MS, NS_PER_S, CallTimer, LatencyStats, stats_from_samples, wall_clock_timer
+
+FASTER, SLOWER, SAME = "faster", "slower", "no significant difference"
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """Reference time / candidate time (> 1: the candidate is faster), with its CI."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    rounds: int
+    calls_per_round: int
+    verdict: str  # FASTER, SLOWER or SAME (the CI contains 1.0)
+    noisy: bool  # the CI's half-width is more than noisy_pct of the ratio
+    # Per-round medians in ms, in the order they were timed (raw values kept so that a
+    # reader can redo the statistics); the per-call samples are in each LatencyStats.
+    reference_round_ms: list[float] = field(repr=False)
+    candidate_round_ms: list[float] = field(repr=False)
+
+    @property
+    def significant(self) -> bool:
+        return self.verdict != SAME
+
+    def describe(self) -> str:
+        """'1.42x [1.30, 1.55]', or 'no significant difference (1.03x [0.95, 1.10])';
+        ', noisy' when the interval is wide."""
+        return describe_speedup(self.ratio, self.ci_low, self.ci_high, self.verdict, self.noisy)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def describe_speedup(ratio: float, ci_low: float | None, ci_high: float | None,
+                     verdict: str | None, noisy: bool | float | None) -> str:
+    """The one wording of a speed-up everywhere it is printed (summary, report, benchmarks)."""
+    if ci_low is None or ci_high is None or verdict is None:  # timed without a partner
+        return f"{ratio:.2f}x (no CI)"
+    text = f"{ratio:.2f}x [{ci_low:.2f}, {ci_high:.2f}]"
+    if verdict == SAME:
+        text = f"no significant difference ({text})"
+    return text + (", noisy" if noisy else "")
+
+
+def bootstrap_ratio_ci(reference: np.ndarray, candidate: np.ndarray, *, n_boot: int = 2000,
+                       confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile CI of median(reference) / median(candidate), resampling rounds.
+
+    ``reference`` and ``candidate`` are (rounds, calls_per_round) arrays of call times;
+    a resample draws round indices with replacement and takes both sides' calls of
+    those rounds, so the pairing within a round is kept.
+    """
+    if reference.shape != candidate.shape or reference.ndim != 2:
+        raise ValueError(f"need two (rounds, calls) arrays of one shape, got {reference.shape}, "
+                         f"{candidate.shape}")
+    rounds = reference.shape[0]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, rounds, size=(n_boot, rounds))
+    ref = np.median(reference[idx].reshape(n_boot, -1), axis=1)
+    cand = np.median(candidate[idx].reshape(n_boot, -1), axis=1)
+    ratios = ref / cand
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def verdict_of(ci_low: float, ci_high: float) -> str:
+    if ci_low > 1.0:
+        return FASTER
+    if ci_high < 1.0:
+        return SLOWER
+    return SAME
+
+
+def measure_interleaved(
+    reference: Callable[[], object],
+    candidate: Callable[[], object],
+    *,
+    batch_size: int,
+    warmup: int = 5,
+    min_rounds: int = 10,
+    min_iters: int = 30,
+    min_seconds: float = 2.0,
+    max_seconds: float = 60.0,
+    noisy_cv_pct: float = 10.0,
+    noisy_pct: float = 10.0,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    reference_timer: CallTimer | None = None,
+    candidate_timer: CallTimer | None = None,
+    clock: Callable[[], int] = time.perf_counter_ns,
+    candidate_batch_size: int | None = None,
+) -> tuple[LatencyStats, LatencyStats, Speedup]:
+    """Time ``reference`` and ``candidate`` (one call = one batch) in alternating rounds.
+
+    Order: each side's cold first call timed alone, then ``warmup`` untimed calls of
+    each, then rounds of ``calls_per_round = ceil(min_iters / min_rounds)`` timed calls
+    per side, the order of the two blocks swapped every round (AB, BA, AB, ...) so that
+    neither side always runs right after the other. Rounds continue until there are
+    ``min_rounds`` of them and each side has summed ``min_seconds`` of call time; if a
+    side passes ``max_seconds`` first, both stop with ``truncated=True``. Returns each
+    side's ``LatencyStats`` (all its timed calls) and the ``Speedup``.
+    """
+    if min_rounds < 2:
+        raise ValueError(f"min_rounds must be >= 2 (a CI needs rounds to resample), got {min_rounds}")
+    if batch_size < 1 or warmup < 0 or min_iters < 1:
+        raise ValueError(f"need batch_size >= 1, warmup >= 0, min_iters >= 1; got {batch_size}, {warmup}, "
+                         f"{min_iters}")
+    if min_seconds < 0 or max_seconds <= 0 or max_seconds < min_seconds:
+        raise ValueError(f"need 0 <= min_seconds <= max_seconds, max_seconds > 0; got {min_seconds}, "
+                         f"{max_seconds}")
+    timers = (reference_timer or wall_clock_timer(clock), candidate_timer or wall_clock_timer(clock))
+    fns = (reference, candidate)
+    first_ms = [timers[i](fns[i]) / NS_PER_MS for i in (0, 1)]
+    for _ in range(warmup):
+        reference()
+        candidate()
+
+    per_round = max(1, math.ceil(min_iters / min_rounds))
+    calls: tuple[list[list[int]], list[list[int]]] = ([], [])
+    total_ns = [0, 0]
+    min_ns, max_ns = min_seconds * NS_PER_S, max_seconds * NS_PER_S
+    truncated = False
+    while True:
+        order = (0, 1) if len(calls[0]) % 2 == 0 else (1, 0)
+        for side in order:
+            block = [timers[side](fns[side]) for _ in range(per_round)]
+            calls[side].append(block)
+            total_ns[side] += sum(block)
+        if len(calls[0]) >= min_rounds and min(total_ns) >= min_ns:
+            break
+        if max(total_ns) >= max_ns:
+            truncated = True
+            break
+
+    ref_ms = np.asarray(calls[0], dtype=np.float64) / NS_PER_MS
+    cand_ms = np.asarray(calls[1], dtype=np.float64) / NS_PER_MS
+    batches = (batch_size, candidate_batch_size or batch_size)
+    stats = tuple(
+        stats_from_samples(arr.ravel().tolist(), first_call_ms=first_ms[i], total_ns=total_ns[i],
+                            batch_size=batches[i], noisy_cv_pct=noisy_cv_pct, truncated=truncated)
+        for i, arr in enumerate((ref_ms, cand_ms)))
+    # Per item, so that a candidate timed at another batch size still compares.
+    ratio = (stats[0].p50_ms / batches[0]) / (stats[1].p50_ms / batches[1])
+    low, high = bootstrap_ratio_ci(ref_ms / batches[0], cand_ms / batches[1], n_boot=n_boot,
+                                   confidence=confidence, seed=seed)
+    speedup = Speedup(
+        ratio=ratio, ci_low=low, ci_high=high, confidence=confidence, rounds=len(calls[0]),
+        calls_per_round=per_round, verdict=verdict_of(low, high),
+        noisy=(high - low) / 2.0 > noisy_pct / 100.0 * ratio,
+        reference_round_ms=np.median(ref_ms, axis=1).tolist(),
+        candidate_round_ms=np.median(cand_ms, axis=1).tolist())
+    return stats[0], stats[1], speedup
+
+
+__all__ = ["FASTER", "SAME", "SLOWER", "Speedup", "bootstrap_ratio_ci", "describe_speedup",
+           "measure_interleaved", "verdict_of"]

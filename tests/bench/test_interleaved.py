@@ -1,0 +1,157 @@
+"""Interleaved A/B timing: the alternation, the stopping rules, the bootstrap CI over
+rounds and the verdicts, on a deterministic fake clock (and once on real modules)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from quantexp.bench.interleaved import (
+    FASTER,
+    SAME,
+    SLOWER,
+    bootstrap_ratio_ci,
+    describe_speedup,
+    measure_interleaved,
+    verdict_of,
+)
+from quantexp.bench.latency import measure_latency
+
+MS = 1_000_000  # ns
+
+
+class Machine:
+    """A fake clock shared by two callables; each call advances it by its base cost times
+    the machine's current slowness, ``drift(now)`` (1.0 = nominal speed)."""
+
+    def __init__(self, drift=lambda now: 1.0, noise: float = 0.0, seed: int = 0) -> None:
+        self.now = 0
+        self.drift = drift
+        self.noise = noise
+        self.rng = np.random.default_rng(seed)
+        self.log: list[str] = []
+
+    def clock(self) -> int:
+        return self.now
+
+    def callable(self, name: str, base_ns: int):
+        def call() -> None:
+            jitter = 1.0 + (self.rng.normal(0.0, self.noise) if self.noise else 0.0)
+            self.now += max(1, int(base_ns * self.drift(self.now) * jitter))
+            self.log.append(name)
+        return call
+
+
+def test_rounds_alternate_their_order_and_respect_min_rounds() -> None:
+    m = Machine()
+    ref, cand, speedup = measure_interleaved(m.callable("A", 2 * MS), m.callable("B", 1 * MS), batch_size=1,
+                                             warmup=1, min_rounds=4, min_iters=8, min_seconds=0, clock=m.clock)
+    # cold call of each, one warm-up of each, then blocks of ceil(8/4) = 2 calls: AB, BA, AB, BA
+    assert "".join(m.log) == "AB" + "AB" + "AABB" + "BBAA" + "AABB" + "BBAA"
+    assert speedup.rounds == 4 and speedup.calls_per_round == 2
+    assert ref.n_iters == cand.n_iters == 8
+    assert ref.p50_ms == pytest.approx(2.0) and cand.p50_ms == pytest.approx(1.0)
+    assert speedup.ratio == pytest.approx(2.0) == ref.p50_ms / cand.p50_ms
+    assert speedup.ci_low == pytest.approx(2.0) and speedup.ci_high == pytest.approx(2.0)
+    assert speedup.verdict == FASTER and not speedup.noisy
+    assert speedup.reference_round_ms == pytest.approx([2.0] * 4)
+
+
+def test_rounds_continue_until_each_side_has_min_seconds() -> None:
+    m = Machine()
+    ref, cand, speedup = measure_interleaved(m.callable("A", 10 * MS), m.callable("B", 5 * MS), batch_size=1,
+                                             warmup=0, min_rounds=2, min_iters=2, min_seconds=0.1, clock=m.clock)
+    # the faster side needs 20 calls of 5 ms: 20 rounds of one call each
+    assert cand.n_iters == 20 and ref.n_iters == 20 and speedup.rounds == 20
+    assert not ref.truncated and cand.total_s == pytest.approx(0.1)
+
+
+def test_max_seconds_truncates_both_sides() -> None:
+    m = Machine()
+    ref, cand, speedup = measure_interleaved(m.callable("A", 100 * MS), m.callable("B", 1 * MS), batch_size=1,
+                                             warmup=0, min_rounds=50, min_iters=50, min_seconds=0,
+                                             max_seconds=1.0, clock=m.clock)
+    assert ref.truncated and cand.truncated and speedup.rounds == 10  # 10 x 100 ms = the 1 s cap
+
+
+def test_drift_cancels_when_interleaved_but_not_when_sequential() -> None:
+    # The machine slows down steadily (x1 -> x3 over the measurement): timing the
+    # reference first and the candidate after gives a biased ratio; interleaving does not.
+    def drift(now: int) -> float:
+        return 1.0 + now / (1.0 * 1e9)
+
+    m = Machine(drift)
+    ref_fn, cand_fn = m.callable("A", 4 * MS), m.callable("B", 2 * MS)  # true speed-up 2.0
+    _, _, interleaved = measure_interleaved(ref_fn, cand_fn, batch_size=1, warmup=0, min_rounds=100,
+                                            min_iters=200, min_seconds=0, clock=m.clock)
+    assert interleaved.ci_low <= 2.0 <= interleaved.ci_high
+    assert interleaved.ratio == pytest.approx(2.0, rel=0.02)
+
+    m = Machine(drift)
+    ref_fn, cand_fn = m.callable("A", 4 * MS), m.callable("B", 2 * MS)
+    ref = measure_latency(ref_fn, batch_size=1, warmup=0, min_iters=200, min_seconds=0, clock=m.clock)
+    cand = measure_latency(cand_fn, batch_size=1, warmup=0, min_iters=200, min_seconds=0, clock=m.clock)
+    assert ref.p50_ms / cand.p50_ms < 1.6  # the sequential ratio is off by more than 20 %
+
+
+@pytest.mark.parametrize("ref_ms, cand_ms, verdict", [(1.0, 1.0, SAME), (1.0, 2.0, SLOWER), (3.0, 1.0, FASTER)])
+def test_verdicts_on_noisy_calls(ref_ms: float, cand_ms: float, verdict: str) -> None:
+    m = Machine(noise=0.2, seed=3)
+    _, _, speedup = measure_interleaved(m.callable("A", int(ref_ms * MS)), m.callable("B", int(cand_ms * MS)),
+                                        batch_size=1, warmup=0, min_rounds=30, min_iters=90, min_seconds=0,
+                                        clock=m.clock)
+    assert speedup.verdict == verdict
+    assert speedup.ci_low <= ref_ms / cand_ms <= speedup.ci_high
+
+
+def test_a_wide_interval_is_flagged_noisy() -> None:
+    m = Machine(noise=0.6, seed=1)
+    _, _, speedup = measure_interleaved(m.callable("A", MS), m.callable("B", MS), batch_size=1, warmup=0,
+                                        min_rounds=3, min_iters=3, min_seconds=0, noisy_pct=5.0, clock=m.clock)
+    assert speedup.noisy and (speedup.ci_high - speedup.ci_low) / 2 > 0.05 * speedup.ratio
+
+
+def test_speedup_is_per_item_when_batch_sizes_differ() -> None:
+    m = Machine()
+    _, _, speedup = measure_interleaved(m.callable("A", 2 * MS), m.callable("B", 8 * MS), batch_size=1,
+                                        candidate_batch_size=8, warmup=0, min_rounds=2, min_iters=2,
+                                        min_seconds=0, clock=m.clock)
+    assert speedup.ratio == pytest.approx(2.0)  # 2 ms/item vs 1 ms/item
+
+
+def test_bootstrap_keeps_rounds_paired() -> None:
+    # Round r costs r ms on both sides (drift between rounds): the per-round ratio is
+    # always 2, so every resample of whole rounds gives exactly 2.
+    ref = np.array([[2.0 * r] * 3 for r in range(1, 11)])
+    cand = ref / 2.0
+    assert bootstrap_ratio_ci(ref, cand, n_boot=500) == pytest.approx((2.0, 2.0))
+    with pytest.raises(ValueError, match="one shape"):
+        bootstrap_ratio_ci(ref, cand[:5])
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(ValueError, match="min_rounds"):
+        measure_interleaved(lambda: None, lambda: None, batch_size=1, min_rounds=1)
+    with pytest.raises(ValueError, match="min_seconds"):
+        measure_interleaved(lambda: None, lambda: None, batch_size=1, min_seconds=5, max_seconds=1)
+
+
+def test_wording() -> None:
+    assert verdict_of(1.1, 1.3) == FASTER and verdict_of(0.7, 0.9) == SLOWER and verdict_of(0.9, 1.1) == SAME
+    assert describe_speedup(1.42, 1.3, 1.55, FASTER, False) == "1.42x [1.30, 1.55]"
+    assert describe_speedup(1.03, 0.95, 1.1, SAME, True) == "no significant difference (1.03x [0.95, 1.10]), noisy"
+    assert describe_speedup(2.0, None, None, None, None) == "2.00x (no CI)"
+
+
+def test_real_modules_are_timed_in_one_loop() -> None:
+    torch.manual_seed(0)
+    small, big = torch.nn.Linear(32, 32), torch.nn.Linear(512, 512)
+    x_small, x_big = torch.randn(8, 32), torch.randn(8, 512)
+    with torch.inference_mode():
+        ref, cand, speedup = measure_interleaved(lambda: big(x_big), lambda: small(x_small), batch_size=8,
+                                                 warmup=2, min_rounds=5, min_iters=10, min_seconds=0)
+    assert ref.n_iters == cand.n_iters == 10 and speedup.rounds == 5
+    assert all(v > 0 for v in ref.raw_ms + cand.raw_ms)
+    assert len(speedup.reference_round_ms) == len(speedup.candidate_round_ms) == 5
+    assert speedup.ci_low <= speedup.ratio <= speedup.ci_high
