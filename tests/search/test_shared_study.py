@@ -43,7 +43,7 @@ def check_shared(tmp: Path, study, n_workers: int, total: int, client: MlflowCli
     for t in trials:  # job number == trial number, whichever process ran it
         out = Path(t.user_attrs["quantexp.output_dir"])
         assert out.name == str(t.number) and out.parent.name.startswith("worker")
-    dirs = [p.name for w in range(n_workers) for p in (tmp / f"worker{w}").iterdir() if p.is_dir()]
+    dirs = [p.name for w in range(n_workers) for p in (tmp / f"worker{w}").iterdir() if p.name.isdigit()]
     assert sorted(dirs, key=int) == [str(n) for n in range(total)]  # duplicates: 0
 
     runs = client.search_runs([client.get_experiment_by_name("quantexp").experiment_id])
