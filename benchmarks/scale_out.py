@@ -137,7 +137,7 @@ def sweep(tmp: Path) -> None:
     print(f"   {'launcher':26s} {'wall s':>8s} {'results':>8s} {'MLflow FINISHED':>16s} {'lost':>5s}")
     for name, wall, n_results, landed, _ in rows:
         print(f"   {name:26s} {wall:8.1f} {n_results:>5d}/12 {landed:>13d}/12 {12 - min(n_results, landed):>5d}")
-    print(f"   (Ray cluster start-up, not in its wall time: {ray_start:.1f} s)")
+    print(f"   (Ray head start-up until its port answered, not in its wall time: {ray_start:.1f} s)")
     reference = next(iter(accuracy.values()))
     same = all(acc == reference for acc in accuracy.values()) and len(reference) == 12
     print(f"   accuracies identical in all three: {'yes' if same else 'NO'}"
@@ -201,8 +201,12 @@ def server(tmp: Path, cluster) -> None:
             procs = [_run_py(["model=cnn", "method=ptq_static", *TINY, f"cache_dir={cache}",
                               f"hydra.run.dir={tmp}/server-{name}/run{i}", f"tracking.uri={srv.uri}"],
                              _env(srv.uri)) for i in range(8)]
-            codes = [p.wait() for p in procs]
+            outs = [p.communicate() for p in procs]
+            codes = [p.returncode for p in procs]
             wall = time.perf_counter() - t0
+            for p, (_, err) in zip(procs, outs):
+                if p.returncode != 0:
+                    print(f"   a run exited {p.returncode}:\n{err[-2500:]}")
             runs = _finished(MlflowClient(srv.uri))
             landed = sum(r.info.status == "FINISHED" for r in runs)
         print(f"   {name:10s} backend: landed {landed}/8 (exit 0: {codes.count(0)}/8), wall {wall:.0f} s")
