@@ -94,13 +94,16 @@ def validate(cfg: DictConfig) -> ExperimentConfig:
 
 
 def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_root: Path,
-            run_name: str, reference_cache: Path | None = None) -> dict[str, Any]:
+            run_name: str, reference_cache: Path | None = None,
+            placement: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the pipeline under an MLflow run (or none when tracking is disabled),
     write config.yaml and results.json into ``output_dir``, print the summary.
-    ``reference_cache``: where a sweep keeps its fp32 reference (``pipeline.reference``)."""
+    ``reference_cache``: where a sweep keeps its fp32 reference (``pipeline.reference``);
+    ``placement``: where a sweep ran this job (quantexp.launch.placement), recorded."""
     from quantexp import pipeline
+    from quantexp.bench.memory import reset_process_peak_rss
     from quantexp.preflight import cache_dir_of, preflight
-    from quantexp.provenance import git_commit, library_versions
+    from quantexp.provenance import git_commit, library_versions, process_identity
     from quantexp.report.summary import print_summary
 
     preflight(exp, project_root)  # before any model loads and before the MLflow run opens
@@ -112,7 +115,11 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
     commit = git_commit(PROJECT_ROOT)
     tags = {"quantexp.git_commit": commit, "quantexp.output_dir": str(output_dir),
             "quantexp.started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            **{f"version.{k}": v for k, v in library_versions().items()}}
+            **{f"version.{k}": v for k, v in library_versions().items()},
+            # the process measuring: a resumed sweep closes a RUNNING run only once it is gone
+            **{f"quantexp.process.{k}": v for k, v in process_identity().items()}}
+    if placement is not None:
+        tags.update(placement.get("tags", {}))
     mlflow_tags = {"mlflow.source.name": "quantexp run", "mlflow.source.type": "LOCAL"}
     if commit != "unknown":
         mlflow_tags["mlflow.source.git.commit"] = commit.removesuffix("+dirty")
@@ -124,7 +131,10 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
 
             log.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
             log.log_text(config_yaml, "config.yaml")
+        reset_process_peak_rss()  # process_peak_rss_mb: this run's peak, not the process's so far
         results = pipeline.run(exp, output_dir, cache_dir, log, reference_cache=reference_cache)
+        if placement is not None:
+            results["placement"] = {k: v for k, v in placement.items() if k != "tags"}
         results["config"] = OmegaConf.to_container(cfg, resolve=True)
         results["provenance"] = tags
         results["results_path"] = str(output_dir / "results.json")
@@ -134,6 +144,8 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
         if log is not None:
             link = _log_outcome(log, exp, results)
     print_summary(results)
+    if placement is not None:
+        print(placement["description"])
     if results.get("budget"):
         b = results["budget"]
         measured = ", ".join(f"{k.removeprefix('measured.')}={v:.4g}" for k, v in b.items()

@@ -12,6 +12,9 @@ is removed afterwards).
 Bad input (a ConfigError or an unavailable hardware target) is refused before
 any model loads: one line on stderr and exit code 2 in a single run; in a
 multirun it is raised so that only that job fails and the sweep goes on.
+
+Each job of a multirun runs through ``quantexp.launch.job.run_sweep_job``: its thread
+budget under a parallel launcher, then ``run_one`` in a fresh process.
 """
 
 from __future__ import annotations
@@ -78,6 +81,17 @@ def _run_log_only() -> logging.Logger | None:
 
 
 def run_job(cfg: DictConfig) -> float | None:
+    if not MODE.check and HydraConfig.get().mode == RunMode.MULTIRUN:
+        # each job of a sweep in a fresh process, with its thread budget (quantexp.launch)
+        from quantexp.launch.job import run_sweep_job
+
+        return run_sweep_job(run_one, cfg)
+    return run_one(cfg)
+
+
+def run_one(cfg: DictConfig, placement: dict | None = None) -> float | None:
+    """One job: validate, run the pipeline under an MLflow run, return the objective
+    (``placement``: where a sweep put it, recorded in results.json and MLflow)."""
     hc = HydraConfig.get()
     run_log = _run_log_only()
     output_dir = Path(hc.runtime.output_dir)
@@ -99,7 +113,7 @@ def run_job(cfg: DictConfig) -> float | None:
         # User errors found while running (a model path that does not exist, a
         # calibration set larger than the data) end the same way; the MLflow run,
         # if one was opened, is already marked FAILED with its traceback.
-        results = execute(exp, cfg, output_dir, project_root, run_name, reference_cache)
+        results = execute(exp, cfg, output_dir, project_root, run_name, reference_cache, placement=placement)
     except (ConfigError, HardwareUnavailable) as exc:
         if multirun:
             raise
@@ -260,4 +274,5 @@ def main(argv: list[str] | None = None) -> None:
     run_main()
 
 
-__all__ = ["CHECK_FLAGS", "EXIT_BAD_CONFIG", "EXIT_GATE_FAILED", "MODE", "hydra_app", "main", "run_job", "run_main"]
+__all__ = ["CHECK_FLAGS", "EXIT_BAD_CONFIG", "EXIT_GATE_FAILED", "MODE", "hydra_app", "main", "run_job", "run_main",
+           "run_one"]
