@@ -244,10 +244,21 @@ def quantize(module: "nn.Module", method: str, *, precision: str | None = None,
     if method_cls.stage != "model":
         raise ConfigError(f"method={method} rewrites an exported artifact, not a module: use "
                           "quantexp.run(...) with exporter=onnx for it")
+    holdout = getattr(exp.method, "holdout", None) if method_cls.needs_labels else None
+    if holdout is not None:
+        # The method calibrates against labels (the cascade's escalation threshold): the
+        # last ``holdout`` items of a labelled Split are held out, the rest calibrate.
+        from quantexp.models.base import Split
+
+        if not isinstance(calibration, Split) or len(calibration) <= holdout:
+            raise ConfigError(f"method={method} calibrates on labelled held-out items: pass calibration="
+                              f"Split(inputs, labels, ids) with more than method.holdout={holdout} items")
     calibration = as_split(calibration)
     if calibration is None and method_cls.needs_calibration:
         raise ConfigError(f"method={method} needs calibration data: pass calibration=<inputs tensor>")
     bundle = ModelBundle.from_module(module, calibration=calibration, example_inputs=example_inputs)
+    if holdout is not None:
+        calibration = calibration.subset(list(range(len(calibration) - holdout)))
     impl = method_cls(exp.method, exp.precision, probe_host(exp.hardware))
     impl.log = None
     impl.check_model(bundle)
