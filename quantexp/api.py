@@ -82,7 +82,25 @@ def compose_checked(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         elif exc.__cause__ is not None and str(exc.__cause__).strip():
             # "Error merging override model.hidden=abc" + why: "Value 'abc' ... not be converted"
             reason += f": {str(exc.__cause__).strip().splitlines()[0]}"
+        scenario = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("scenario=")), None)
+        if scenario and f"In 'scenario/{scenario}'" in reason:
+            # the scenario selects its own method, which an explicit method=... overrode
+            reason = _scenario_conflict(scenario, overrides) or reason
         raise ConfigError(reason) from None
+
+
+def _scenario_conflict(scenario: str, overrides) -> str | None:
+    """"+scenario=drift runs on method=cascade ..." when a method=... override displaced
+    the method the scenario's config selects (``override /method: <name>``)."""
+    import re
+
+    path = CONF_DIR / "scenario" / f"{scenario}.yaml"
+    found = re.search(r"override /method: *(\w+)", path.read_text()) if path.is_file() else None
+    given = next((o.split("=", 1)[1] for o in overrides if o.startswith("method=")), None)
+    if not found or not given or given == found.group(1):
+        return None
+    return (f"+scenario={scenario} runs on method={found.group(1)} (conf/scenario/{scenario}.yaml selects it), "
+            f"not method={given}: drop the method= override")
 
 
 def validate(cfg: DictConfig) -> ExperimentConfig:
