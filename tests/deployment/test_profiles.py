@@ -128,3 +128,27 @@ def test_cgroup_v2_child_is_created_where_memory_is_offered(tmp_path):
     os.remove(v2 / "job" / "child" / "memory.max")  # a real cgroupfs has no files to remove
     cap.release()
     assert not (v2 / "job" / "child").exists()
+
+
+def test_fit_matrix_in_the_report():
+    """The sweep report's fit matrix: one line per candidate, one column per profile."""
+    from quantexp.report.compare import Row, fit_matrix, to_markdown
+
+    def row(method, profile, summary):
+        return Row(model="cnn", method=method, precision="int8", exporter="onnx", hardware="cpu", runtime="ort",
+                   **{k: None for k in ("accuracy_pct", "accuracy_ci_low_pct", "accuracy_ci_high_pct",
+                                        "fp32_accuracy_pct", "drop_pts", "drop_ci_low_pts", "drop_ci_high_pts",
+                                        "agreement_pct", "p50_ms", "p90_ms", "items_per_s", "speedup",
+                                        "speedup_ci_low", "speedup_ci_high", "speedup_verdict", "quantize_s",
+                                        "n_items", "run_id", "results_path")},
+                   size_mb=0.1, bits_per_param=8.0, gate="no gate", not_measured="",
+                   deployment=f"{profile}: {summary}", deployment_profile=profile)
+
+    rows = [row("fp32", "edge_1core", "does not fit: peak 516 MB > 512 MB cap"), row("fp32", "server", "fits"),
+            row("ort_dynamic", "edge_1core", "fits")]
+    matrix = fit_matrix(rows)
+    assert matrix.splitlines()[0] == "| candidate | edge_1core | server |"
+    assert "| cnn fp32@int8 onnx | no: peak 516 MB > 512 MB cap | fits |" in matrix
+    assert "| cnn ort_dynamic@int8 onnx | fits |  |" in matrix
+    assert "Deployment fit matrix:" in to_markdown(rows)
+    assert fit_matrix([row("fp32", "", "")][:0]) == ""
