@@ -127,6 +127,24 @@ def check_engine(exp: ExperimentConfig) -> None:
                           f"({', '.join(e for e in supported if e != 'none')}); use auto or one of them")
 
 
+def check_precision_isa(exp: ExperimentConfig) -> None:
+    """bf16 (and fp16 for method=cast) compute on the CPU only where the ISA has it."""
+    if exp.hardware.device != "cpu":
+        return
+    from quantexp.hardware.cpu import read_cpu_info
+    from quantexp.hardware.engine import bf16_unsupported_reason, fp16_unsupported_reason
+
+    cpu = read_cpu_info()
+    if exp.precision.name == "bf16":
+        reason = bf16_unsupported_reason(cpu)
+    elif exp.precision.name == "fp16" and exp.method.name == "cast":
+        reason = fp16_unsupported_reason(cpu)
+    else:
+        reason = None
+    if reason:
+        raise ConfigError(reason)
+
+
 def preflight(exp: ExperimentConfig, project_root: Path) -> None:
     check_writable(cache_dir_of(exp, project_root), "cache_dir")
     if exp.tracking.enabled:
@@ -141,8 +159,9 @@ def preflight(exp: ExperimentConfig, project_root: Path) -> None:
     check_calibration(exp)
     check_assignment(exp)
     check_engine(exp)
+    check_precision_isa(exp)
     check_deployment(exp)
 
 
-__all__ = ["cache_dir_of", "check_assignment", "check_calibration", "check_deployment", "check_engine", "check_sqlite_store", "check_writable",
+__all__ = ["cache_dir_of", "check_assignment", "check_calibration", "check_deployment", "check_engine", "check_precision_isa", "check_sqlite_store", "check_writable",
            "preflight", "train_items"]
