@@ -20,6 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 CASES = [  # (label, overrides); "{tmp}" is the case's own folder
+    ("deployment cores above the host's", ["deployment=edge_1core", "deployment.cores=999"]),
+    ("deployment cap below the interpreter", ["deployment=edge_1core", "deployment.memory_mb=5"]),
+    ("deployment poisson without a rate", ["deployment=edge_1core", "deployment.arrival=poisson"]),
+    ("deployment affinity outside the host", ["deployment=edge_1core", "deployment.cores=null",
+                                              "deployment.affinity=[4096]"]),
+    ("unknown deployment profile", ["deployment=raspberry"]), ("unknown engine", ["hardware.engine=mkl"]),
     ("typo behind +", ["+model.epoch=10"]), ("unknown top-level key", ["+foo=1"]),
     ("typo in a nested key", ["+bench.warmpu=2"]), ("unknown method key", ["+method.calibraton.size=8"]),
     ("too many threads", ["hardware.threads=999"]), ("zero threads", ["hardware.threads=0"]),

@@ -100,6 +100,51 @@ def check_assignment(exp: ExperimentConfig) -> None:
     validate_assignment(assignable_layers(module), assignment)
 
 
+def check_deployment(exp: ExperimentConfig) -> None:
+    """A memory cap below what the serving process holds before it loads anything (a bare
+    interpreter with numpy, measured now in a child) can serve nothing."""
+    profile = exp.deployment
+    if profile is None or profile.memory_mb is None:
+        return
+    from quantexp.deployment.runner import footprint_mb
+
+    floor = footprint_mb()
+    if profile.memory_mb < floor:
+        raise ConfigError(f"deployment.memory_mb={profile.memory_mb} is below the serving process's own footprint "
+                          f"({floor:.0f} MB: the interpreter and numpy, before any runtime library or model)")
+
+
+def check_engine(exp: ExperimentConfig) -> None:
+    """hardware.engine names kernels this torch build has."""
+    engine = getattr(exp.hardware.engine, "value", exp.hardware.engine)
+    if engine == "auto":
+        return
+    import torch
+
+    supported = list(torch.backends.quantized.supported_engines)
+    if engine not in supported:
+        raise ConfigError(f"hardware.engine={engine} is not in this torch build's quantized engines "
+                          f"({', '.join(e for e in supported if e != 'none')}); use auto or one of them")
+
+
+def check_precision_isa(exp: ExperimentConfig) -> None:
+    """bf16 (and fp16 for method=cast) compute on the CPU only where the ISA has it."""
+    if exp.hardware.device != "cpu":
+        return
+    from quantexp.hardware.cpu import read_cpu_info
+    from quantexp.hardware.engine import bf16_unsupported_reason, fp16_unsupported_reason
+
+    cpu = read_cpu_info()
+    if exp.precision.name == "bf16":
+        reason = bf16_unsupported_reason(cpu)
+    elif exp.precision.name == "fp16" and exp.method.name == "cast":
+        reason = fp16_unsupported_reason(cpu)
+    else:
+        reason = None
+    if reason:
+        raise ConfigError(reason)
+
+
 def preflight(exp: ExperimentConfig, project_root: Path) -> None:
     check_writable(cache_dir_of(exp, project_root), "cache_dir")
     if exp.tracking.enabled:
@@ -113,7 +158,10 @@ def preflight(exp: ExperimentConfig, project_root: Path) -> None:
         resolve_path(path)  # the directory, its config.json (ModelSourceError is a ConfigError)
     check_calibration(exp)
     check_assignment(exp)
+    check_engine(exp)
+    check_precision_isa(exp)
+    check_deployment(exp)
 
 
-__all__ = ["cache_dir_of", "check_assignment", "check_calibration", "check_sqlite_store", "check_writable",
+__all__ = ["cache_dir_of", "check_assignment", "check_calibration", "check_deployment", "check_engine", "check_precision_isa", "check_sqlite_store", "check_writable",
            "preflight", "train_items"]

@@ -175,9 +175,10 @@ class Gate(_Flat):
 # Written by pipeline.run (always), then by cli.execute (mlflow_run_id only with tracking).
 _PIPELINE_KEYS = ("model", "method", "calibration", "tables", "candidates", "comparison", "gate",
                   "not_measured", "host", "stages_s", "process_peak_rss_mb", "budget", "interleaved", "objective",
-                  "predictions_path", "figures")
-# Pipeline keys that may be absent: interleaved only when fp32 and the candidate were timed together.
-_OPTIONAL_KEYS = ("interleaved",)
+                  "predictions_path", "figures", "deployment")
+# Pipeline keys that may be absent: interleaved only when fp32 and the candidate were timed together,
+# deployment only with a deployment profile.
+_OPTIONAL_KEYS = ("interleaved", "deployment")
 _CLI_KEYS = ("config", "provenance", "results_path", "mlflow_run_id", "placement")
 
 
@@ -206,6 +207,9 @@ class Results:
     # The interleaved timing of fp32 and the candidate (``bench.interleaved.Speedup``:
     # ratio, CI, verdict, per-round medians); None when they were not timed together.
     interleaved: dict[str, Any] | None = None
+    # With deployment=<profile>: the profile and, per candidate, what its serving process
+    # measured under the profile's limits and the verdict (quantexp.deployment).
+    deployment: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     provenance: dict[str, str] | None = None
     results_path: str | None = None

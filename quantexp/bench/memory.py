@@ -1,5 +1,5 @@
 """Memory measurement: peak RSS of a code block (sampled) and of the whole process, and
-peak CUDA memory of a code block.
+peak CUDA / MPS (Apple unified) memory of a code block.
 
 Owns the memory numbers reported for a run. RSS is in MiB (2**20 bytes) despite the
 conventional ``_mb`` suffix. ``process_peak_rss_mb`` is the kernel's peak since the
@@ -143,3 +143,52 @@ class CudaPeakMemory:
 
             torch.cuda.synchronize()
             self.peak_mb = torch.cuda.max_memory_allocated() / _MIB
+
+
+class MpsPeakMemory:
+    """Peak unified memory the Metal driver holds for this process during the block, in MiB
+    (``torch.mps.driver_allocated_memory()``, sampled on a thread every ``interval_s`` and
+    at entry and exit, after ``torch.mps.synchronize()``). Apple silicon's GPU shares the
+    CPU's memory, so this is the GPU side of the same RAM. Inactive (``peak_mb`` None)
+    when ``device`` is not "mps"; ``read`` replaces the driver query (tests on Linux)."""
+
+    def __init__(self, device: str, interval_s: float = 0.005, read=None) -> None:
+        self.active = device == "mps" or read is not None
+        self.interval_s = interval_s
+        self._read = read
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._peak = 0
+        self.peak_mb: float | None = None
+
+    def _sample(self) -> None:
+        if self._read is None:
+            import torch
+
+            torch.mps.synchronize()
+            value = torch.mps.driver_allocated_memory()
+        else:
+            value = self._read()
+        self._peak = max(self._peak, int(value))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> Self:
+        if self.active:
+            self._peak = 0
+            self._sample()
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="MpsPeakMemory", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.active:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            self._sample()
+            self.peak_mb = self._peak / _MIB

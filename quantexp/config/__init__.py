@@ -16,7 +16,18 @@ types at compose time. This package stays free of heavy imports (no torch):
 """
 
 from quantexp.config.compat import build, check_compatibility, resolve
-from quantexp.config.enums import DTYPE_BITS, MIXED_DTYPES, DType, Family, Granularity, GraphOptimization, Observer
+from quantexp.config.deployment import Arrival, DeploymentConfig, usable_cpus
+from quantexp.config.enums import (
+    DTYPE_BITS,
+    MIXED_DTYPES,
+    DType,
+    Family,
+    Granularity,
+    GraphOptimization,
+    Observer,
+    OrtExecutionMode,
+    QuantEngine,
+)
 from quantexp.config.errors import ConfigError, require_positive
 from quantexp.config.experiment import (
     OBJECTIVES,
@@ -41,6 +52,7 @@ from quantexp.config.groups import (
 from quantexp.config.registry import all_schemas, implementation_of, register_configs, schemas
 
 __all__ = [
+    "Arrival", "DeploymentConfig", "OrtExecutionMode", "QuantEngine", "usable_cpus",
     "DTYPE_BITS", "MIXED_DTYPES", "MPS_DTYPES", "OBJECTIVES", "BenchConfig", "BudgetConfig",
     "CalibrationConfig", "ConfigError", "DType", "EvalConfig", "ExperimentConfig", "ExporterConfig",
     "Family", "Granularity", "GraphOptimization", "HardwareConfig", "Isolation", "LaunchConfig", "MethodConfig", "ModelConfig",

@@ -86,6 +86,8 @@ def build(cfg: DictConfig) -> ExperimentConfig:
     for group in ("model", "method", "precision", "hardware", "exporter"):
         if OmegaConf.get_type(cfg, group) is dict:
             raise ConfigError(f"config group {group!r} is not built on a /schema/{group} schema")
+    if "deployment" in cfg and cfg.deployment is not None and OmegaConf.get_type(cfg, "deployment") is dict:
+        raise ConfigError("config group 'deployment' is not built on the /schema/deployment schema")
     refuse_unknown_keys(cfg)
     try:
         exp = OmegaConf.to_object(cfg)

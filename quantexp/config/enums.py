@@ -44,6 +44,23 @@ class GraphOptimization(str, Enum):
     all = "all"            # + layout transforms (NCHWc): hardware specific
 
 
+class QuantEngine(str, Enum):
+    """PyTorch's quantized CPU kernels (``torch.backends.quantized.engine``)."""
+
+    auto = "auto"      # chosen from the CPU's ISA (quantexp.hardware.engine), the reason recorded
+    x86 = "x86"        # torch >= 2.0: dispatches per op between fbgemm and oneDNN
+    fbgemm = "fbgemm"  # Facebook's int8 GEMM (AVX2 / AVX-512 / VNNI)
+    onednn = "onednn"  # Intel oneDNN (VNNI, AMX int8)
+
+
+class OrtExecutionMode(str, Enum):
+    """ONNX Runtime's ``SessionOptions.execution_mode``."""
+
+    auto = "auto"              # sequential (the graphs here are chains), the reason recorded
+    sequential = "sequential"  # one node at a time; intra-op threads inside each node
+    parallel = "parallel"      # independent branches at once on the inter-op threads
+
+
 # Bits of one stored value of each dtype.
 DTYPE_BITS = {DType.fp32: 32, DType.fp16: 16, DType.bf16: 16, DType.int8: 8, DType.int4: 4,
               DType.nf4: 4, DType.fp4: 4}

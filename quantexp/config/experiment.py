@@ -166,6 +166,9 @@ class ExperimentConfig:
     objectives: list[str] = field(default_factory=lambda: ["accuracy"])
     search: SearchConfig = field(default_factory=SearchConfig)
     launch: LaunchConfig = field(default_factory=LaunchConfig)
+    # A deployment profile (conf/deployment/, ``deployment=edge_1core``): each candidate
+    # also runs in a child process under its limits (quantexp.deployment); null: none.
+    deployment: Any = None
 
     def validate(self) -> dict[str, dict[str, Any]]:
         """Every rule, the cross-group ones included; returns what the compatibility
@@ -186,4 +189,9 @@ class ExperimentConfig:
             raise ConfigError(f"unknown objective(s) {', '.join(unknown) or '(none given)'}; "
                               f"valid objectives: {', '.join(OBJECTIVES)}")
         self.search.budget.validate("search.budget")
+        if self.deployment is not None:
+            self.deployment.validate()
+            if self.hardware.device != "cpu":
+                raise ConfigError(f"deployment={self.deployment.name} runs the candidate in a child process on "
+                                  f"this host's CPU; hardware={self.hardware.name} is not a CPU target")
         return check_compatibility(self)

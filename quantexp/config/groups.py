@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from omegaconf import MISSING
 
-from quantexp.config.enums import DTYPE_BITS, DType, Family, Granularity, Observer
+from quantexp.config.enums import DTYPE_BITS, DType, Family, Granularity, Observer, OrtExecutionMode, QuantEngine
 from quantexp.config.errors import ConfigError, require_finite_positive, require_positive, require_safe_name
 
 if TYPE_CHECKING:
@@ -161,8 +161,17 @@ class HardwareConfig(_Schema):
     # Compute dtype of the PyTorch runtime on the device (mps: fp16 | bf16); null: the
     # model's own dtype.
     dtype: Optional[DType] = None
+    # PyTorch's quantized CPU kernels: auto (from the ISA, reason recorded) | x86 | fbgemm | onednn
+    engine: QuantEngine = QuantEngine.auto
+    # ONNX Runtime sessions: inter-op threads (null: 1 for sequential, the cores for parallel)
+    # and execution mode (auto: sequential, the reason recorded).
+    ort_inter_op_threads: Optional[int] = None
+    ort_execution_mode: OrtExecutionMode = OrtExecutionMode.auto
 
     def validate(self) -> None:
+        if self.ort_inter_op_threads is not None and not 1 <= self.ort_inter_op_threads <= max_threads():
+            raise ConfigError(f"hardware.ort_inter_op_threads must be in [1, {max_threads()}] or null, "
+                              f"got {self.ort_inter_op_threads}")
         if self.threads is not None and not 1 <= self.threads <= max_threads():
             raise ConfigError(f"hardware.threads must be in [1, {max_threads()}] (4x this host's "
                               f"{os.cpu_count()} cores) or null, got {self.threads}")

@@ -19,6 +19,7 @@ import pkgutil
 
 from hydra.core.config_store import ConfigStore
 
+from quantexp.config.deployment import DeploymentConfig
 from quantexp.config.experiment import ExperimentConfig
 from quantexp.config.groups import ExporterConfig, HardwareConfig, MethodConfig, ModelConfig, PrecisionConfig
 
@@ -83,3 +84,4 @@ def register_configs() -> None:
     for group, kinds in all_schemas().items():
         for kind, schema in kinds.items():
             cs.store(group=f"schema/{group}", name=kind, node=schema, replace=True)
+    cs.store(group="schema/deployment", name="deployment", node=DeploymentConfig, replace=True)

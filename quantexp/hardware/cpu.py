@@ -21,6 +21,7 @@ ISA_FLAGS: dict[str, str] = {
     "amx_tile": "amx_tile",
     "amx_int8": "amx_int8",
     "amx_bf16": "amx_bf16",
+    "amx_fp16": "amx_fp16",
     "asimd": "neon",  # aarch64
     "asimddp": "neon_dotprod",
 }

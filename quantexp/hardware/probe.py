@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from quantexp.config import HardwareConfig
 from quantexp.hardware.cpu import CpuInfo, read_cpu_info
+from quantexp.hardware.engine import choose_engine, ort_settings
 
 
 class HardwareUnavailable(RuntimeError):
@@ -66,6 +67,12 @@ class HostInfo:
     dtype: str | None = None
     # The GPU a cuda run executed on ("NVIDIA H100 80GB HBM3, sm_90, CUDA 13.0"), or None.
     accelerator: str | None = None
+    # Why that quantized engine (hardware.engine, from the ISA when auto).
+    engine_reason: str = ""
+    # ONNX Runtime sessions: inter-op threads, execution mode, and why.
+    ort_inter_op: int = 1
+    ort_execution_mode: str = "sequential"
+    ort_reason: str = ""
 
     def tags(self) -> dict[str, str]:
         return {
@@ -77,6 +84,8 @@ class HostInfo:
             "host.amx": str(self.cpu.has_amx),
             "host.threads": str(self.threads),
             "host.quantized_engine": self.quantized_engine,
+            "host.quantized_engine_reason": self.engine_reason[:5000],
+            "host.ort_threads": f"intra {self.threads}, inter {self.ort_inter_op}, {self.ort_execution_mode}",
             "host.onednn": str(self.onednn),
             "host.os": self.os,
             "host.python": self.python,
@@ -87,12 +96,8 @@ class HostInfo:
 
 
 def select_quantized_engine(supported: list[str], cpu: CpuInfo) -> str:
-    """PyTorch's int8 CPU backend. "x86" (torch >= 2.0) dispatches between fbgemm
-    and oneDNN per op and is the recommended choice on x86; qnnpack is the ARM one."""
-    for engine in (("qnnpack",) if cpu.arch in ("arm64", "aarch64") else ("x86", "fbgemm", "onednn")):
-        if engine in supported:
-            return engine
-    return supported[0] if supported else "none"
+    """PyTorch's int8 CPU backend chosen from the ISA (``hardware.engine=auto``)."""
+    return choose_engine("auto", supported, cpu)[0]
 
 
 def probe_host(hw: HardwareConfig) -> HostInfo:
@@ -102,9 +107,12 @@ def probe_host(hw: HardwareConfig) -> HostInfo:
     cpu = read_cpu_info()
     threads = hw.threads or cpu.usable_cores
     torch.set_num_threads(threads)
-    engine = select_quantized_engine(list(torch.backends.quantized.supported_engines), cpu)
+    engine, engine_reason = choose_engine(getattr(hw.engine, "value", hw.engine),
+                                          list(torch.backends.quantized.supported_engines), cpu)
     if engine != "none":
         torch.backends.quantized.engine = engine
+    ort = ort_settings(threads, getattr(hw.ort_execution_mode, "value", hw.ort_execution_mode),
+                       hw.ort_inter_op_threads, cpu)
     return HostInfo(
         target=hw.name,
         device=hw.device,
@@ -116,6 +124,8 @@ def probe_host(hw: HardwareConfig) -> HostInfo:
         python=platform.python_version(),
         dtype=hw.dtype.value if hw.dtype is not None else None,
         accelerator=describe_cuda_device() if hw.device == "cuda" else None,
+        engine_reason=engine_reason, ort_inter_op=ort.inter_op, ort_execution_mode=ort.execution_mode,
+        ort_reason=ort.reason,
     )
 
 

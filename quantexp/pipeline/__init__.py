@@ -155,6 +155,10 @@ def _run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log,
     runnable = [name for name, (exported, _) in timed.items() if exported.runtime is not None]
     with stages("timing", "timing " + " vs ".join(runnable) + (" (interleaved)" if len(runnable) == 2 else "")):
         speedup = time_candidates(bundle, timed, exp)
+    deployment = None
+    if exp.deployment is not None:
+        with stages("deployment", f"deployment {exp.deployment.name}: serving {label} in a limited process"):
+            deployment = deploy_candidate(exp, bundle, exported, label, host, output_dir)
     if "fp32" in candidates and not is_baseline:
         # after the timing keys (Candidate.extra comes last in results.json)
         candidates["fp32"]["from_sweep_cache"] = cached
@@ -211,6 +215,8 @@ def _run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log,
     }
     if speedup is not None:
         results["interleaved"] = speedup
+    if deployment is not None:
+        results["deployment"] = deployment
     results["objective"] = objective_values(results, label, exp.objectives)
     # Per-item test predictions of every candidate, so that two runs (e.g. PTQ vs QAT) can
     # be compared paired over the same items (quantexp/report/ptq_vs_qat.py).
@@ -228,6 +234,21 @@ def _run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log,
     if log is not None:
         log_results(log, results, output_dir)
     return results
+
+
+def deploy_candidate(exp: ExperimentConfig, bundle, exported, label: str, host, output_dir: Path) -> dict[str, Any]:
+    """The method's artifact served under ``exp.deployment`` (quantexp.deployment): the
+    profile, and per candidate its measurement and fit verdict."""
+    from quantexp.deployment.runner import deploy
+
+    profile = exp.deployment
+    inputs = [x.numpy() for x in bundle.example_inputs(profile.batch_size)]
+    result = deploy(profile, label, Path(exported.artifact), inputs, output_dir / "deployment",
+                    engine=host.quantized_engine, seed=exp.seed,
+                    graph_optimization=getattr(exp.exporter, "graph_optimization", None) and
+                    getattr(exp.exporter.graph_optimization, "value", exp.exporter.graph_optimization))
+    return {"profile": {k: getattr(v, "value", v) for k, v in vars(profile).items()},
+            "candidates": {label: result}}
 
 
 def _log_datasets(log, exp: ExperimentConfig, bundle) -> None:

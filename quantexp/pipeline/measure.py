@@ -17,7 +17,7 @@ import torch
 from quantexp.analysis.accuracy import accuracy
 from quantexp.bench.interleaved import measure_interleaved
 from quantexp.bench.latency import LatencyStats, measure_latency
-from quantexp.bench.memory import CudaPeakMemory, PeakRSSSampler
+from quantexp.bench.memory import CudaPeakMemory, MpsPeakMemory, PeakRSSSampler
 from quantexp.bench.size import bits_per_parameter, path_size_bytes
 from quantexp.config import ExperimentConfig
 from quantexp.exporters import Exported
@@ -59,10 +59,12 @@ def evaluate(bundle: ModelBundle, exported: Exported, model: torch.nn.Module | N
             not_measured[f"{tag}.{metric}"] = f"not measured on this host: {reason}"
         return result, None
     runtime = exported.runtime
-    with PeakRSSSampler() as memory, CudaPeakMemory(getattr(runtime, "device", "cpu")) as gpu:
+    device = getattr(runtime, "device", "cpu")
+    with PeakRSSSampler() as memory, CudaPeakMemory(device) as gpu, MpsPeakMemory(device) as mps:
         preds = predict(runtime, bundle.test.inputs, exp.eval.batch_size, desc=f"{tag} eval")
+    # peak_gpu_mb: CUDA allocator peak, or on mps the Metal driver's unified-memory peak
     result.update(accuracy=accuracy(preds, bundle.test.labels.numpy()), peak_rss_mb=memory.peak_mb,
-                  peak_gpu_mb=gpu.peak_mb)
+                  peak_gpu_mb=gpu.peak_mb if gpu.peak_mb is not None else mps.peak_mb)
     return result, preds
 
 

@@ -128,7 +128,39 @@ def metrics_of(results: dict[str, Any]) -> dict[str, float]:
     gate = results["gate"]
     if gate["passed"] is not None:
         metrics["gate.passed"] = float(gate["passed"])
+    metrics.update(deployment_metrics(results.get("deployment")))
     return {k: float(v) for k, v in metrics.items() if _number(v)}
+
+
+def deployment_metrics(deployment: dict[str, Any] | None) -> dict[str, float]:
+    """deployment.<profile>.<candidate>.{fits, peak_rss_mb, load_s, first_call_ms, latency.*}"""
+    metrics: dict[str, float] = {}
+    if not deployment:
+        return metrics
+    profile = deployment["profile"]["name"]
+    for label, d in deployment["candidates"].items():
+        prefix = f"deployment.{profile}.{label}."
+        if d["verdict"]["fits"] is not None:
+            metrics[prefix + "fits"] = float(d["verdict"]["fits"])
+        for key in ("peak_rss_mb", "rss_after_import_mb", "import_s", "load_s", "first_call_ms"):
+            if _number(d.get(key)):
+                metrics[prefix + key] = d[key]
+        metrics.update({f"{prefix}latency.{k}": v for k, v in (d.get("latency") or {}).items()})
+    return metrics
+
+
+def deployment_tags(deployment: dict[str, Any] | None) -> dict[str, str]:
+    """deployment.<profile>.<candidate>: "fits" | "does not fit: <reasons>", and the cap's mechanism."""
+    if not deployment:
+        return {}
+    profile = deployment["profile"]["name"]
+    tags = {"quantexp.deployment": profile}
+    for label, d in deployment["candidates"].items():
+        tags[f"deployment.{profile}.{label}"] = d["verdict"]["summary"][:5000]
+        limits = d.get("limits") or {}
+        if limits.get("memory_mechanism"):
+            tags[f"deployment.{profile}.memory_cap"] = f"{limits['memory_mechanism']} ({limits.get('why')})"[:5000]
+    return tags
 
 
 def mlflow_metric_name(not_measured_key: str, label: str) -> str:
@@ -158,10 +190,11 @@ def log_results(log, results: dict[str, Any], output_dir: Path) -> None:
     # what is not a number (the path taken, the observer) stays a param
     log.log_params({f"result.method.{k}": v for k, v in results["method"].items()
                     if not isinstance(v, (dict, list)) and not _number(v)})
+    log.set_tags(deployment_tags(results.get("deployment")))
     gate = results["gate"]
     log.set_tags({"quantexp.gate": "not set" if gate["max_accuracy_drop"] is None
                   else gate.get("verdict") or {True: "passed", False: "failed", None: "inconclusive"}[gate["passed"]]})
 
 
 
-__all__ = ["CANDIDATE", "PREDICTIONS", "REFERENCE", "VERSUS", "candidate_metrics", "metrics_of", "mlflow_metric_name", "objective_values", "quality_gate", "save_predictions", "log_results"]
+__all__ = ["CANDIDATE", "PREDICTIONS", "REFERENCE", "VERSUS", "candidate_metrics", "deployment_metrics", "deployment_tags", "metrics_of", "mlflow_metric_name", "objective_values", "quality_gate", "save_predictions", "log_results"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from quantexp.report.compare import COLUMNS, ReportError, Row, comparison_rows, table_cells, write_tables
+from quantexp.report.compare import COLUMNS, ReportError, Row, comparison_rows, fit_matrix, table_cells, write_tables
 from quantexp.report.html import DEFAULT_UI, write_html, write_pngs
 from quantexp.report.layers import layer_figure
 from quantexp.report.sweeps import job_number
@@ -89,6 +89,8 @@ def write_report(results: Sequence[Results], out_dir: Path, title: str,
     files = {**write_tables(rows, out_dir), "report.html": html_path, **write_pngs(rows, out_dir)}
     if console is not None:
         console.print(comparison_table(rows, title))
+        if matrix := fit_matrix(rows):  # deployment=<profiles> swept: which candidate fits where
+            console.print("deployment fit matrix (comparison.md has it too):\n" + matrix, markup=False)
         for name in running:
             console.print(f"still running, not in the report yet: {name}")
         console.print(f"report: {files['report.html']} (+ comparison.csv, comparison.md, "

@@ -61,6 +61,9 @@ class Row:
     not_measured: str  # "; "-joined reasons of this run's missing figures
     front_latency: bool = False  # on the (drop, p50) Pareto front
     front_size: bool = False  # on the (drop, size) Pareto front
+    # deployment=<profile> runs: "<profile>: fits" or "<profile>: does not fit: <reasons>"
+    deployment: str = ""
+    deployment_profile: str = ""
 
     @property
     def label(self) -> str:
@@ -106,7 +109,33 @@ def row_of(r: Results) -> Row:
         gate=_gate(r),
         n_items=None if c.n_items is None else int(c.n_items), run_id=r.mlflow_run_id,
         results_path=r.results_path,
-        not_measured="; ".join(f"{k}: {v}" for k, v in r.not_measured.items()))
+        not_measured="; ".join(f"{k}: {v}" for k, v in r.not_measured.items()),
+        **_deployment_cells(r))
+
+
+def _deployment_cells(r: Results) -> dict[str, str]:
+    d = r.deployment
+    if not d or r.label not in d.get("candidates", {}):
+        return {}
+    profile = d["profile"]["name"]
+    return {"deployment_profile": profile, "deployment": f"{profile}: {d['candidates'][r.label]['verdict']['summary']}"}
+
+
+def fit_matrix(rows: Sequence[Row]) -> str:
+    """Markdown: one line per candidate (model, method@precision, exporter), one column per
+    deployment profile, each cell "fits" or "no: <reasons>" ("" when not run together)."""
+    profiles = sorted({row.deployment_profile for row in rows if row.deployment_profile})
+    if not profiles:
+        return ""
+    cells: dict[str, dict[str, str]] = {}
+    for row in rows:
+        if row.deployment_profile:
+            key = f"{row.model} {row.method}@{row.precision} {row.exporter}"
+            verdict = row.deployment.split(": ", 1)[1]
+            cells.setdefault(key, {})[row.deployment_profile] = verdict.replace("does not fit: ", "no: ")
+    lines = ["| candidate | " + " | ".join(profiles) + " |", "|---|" + "---|" * len(profiles)]
+    lines += [f"| {key} | " + " | ".join(by.get(p, "") for p in profiles) + " |" for key, by in cells.items()]
+    return "\n".join(lines) + "\n"
 
 
 def _gate(r: Results) -> str:
@@ -196,7 +225,9 @@ def to_markdown(rows: Sequence[Row]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
     notes = sorted({f"- {row.label}: {row.not_measured}" for row in rows if row.not_measured})
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+    matrix = fit_matrix(rows)
+    fits = ["", "Deployment fit matrix:", "", matrix.rstrip("\n")] if matrix else []
+    return "\n".join(lines + ([""] + notes if notes else []) + fits) + "\n"
 
 
 def write_tables(rows: Sequence[Row], out_dir: Path) -> dict[str, Path]:
@@ -205,5 +236,5 @@ def write_tables(rows: Sequence[Row], out_dir: Path) -> dict[str, Path]:
             "comparison.md": atomic_write_text(out_dir / "comparison.md", to_markdown(rows))}
 
 
-__all__ = ["best_row", "COLUMNS", "NOT_MEASURED", "ReportError", "Row", "comparison_rows", "row_of", "table_cells",
+__all__ = ["best_row", "COLUMNS", "fit_matrix", "NOT_MEASURED", "ReportError", "Row", "comparison_rows", "row_of", "table_cells",
            "to_markdown", "write_tables"]

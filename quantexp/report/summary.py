@@ -65,6 +65,23 @@ def gate_text(gate) -> str:
     return f"{'FAILED' if verdict == 'failed' else verdict} (drop {gate.accuracy_drop_points:.2f} pts{ci})"
 
 
+def deployment_lines(deployment: Mapping[str, Any] | None) -> list[str]:
+    """'deployment edge_1core (1 core, 1 thread, 512 MB cap by RLIMIT_AS): ptq_static does not fit: ...'"""
+    if not deployment:
+        return []
+    p = deployment["profile"]
+    lines = []
+    for label, d in deployment["candidates"].items():
+        limits = d.get("limits") or {}
+        cap = f", {p['memory_mb']} MB cap by {limits.get('memory_mechanism')}" if p.get("memory_mb") else ""
+        lat = d.get("latency") or {}
+        figures = (f" (peak {d['peak_rss_mb']:.0f} MB" if d.get("peak_rss_mb") is not None else " (") + \
+                  (f", p50 {lat['p50_ms']:.3g} ms, p99 {lat['p99_ms']:.3g} ms" if lat else "") + ")"
+        lines.append(f"deployment {p['name']} ({len(limits.get('cpus', []))} core(s), {limits.get('threads')} "
+                     f"thread(s){cap}): {label} {d['verdict']['summary']}{figures if d.get('status') == 'ok' else ''}")
+    return lines
+
+
 def summary_text(results: Results | Mapping[str, Any]) -> str:
     """The summary as plain text (the MLflow run's description shows it)."""
     console = Console(record=True, width=170, file=io.StringIO())
@@ -87,6 +104,8 @@ def print_summary(results: Results | Mapping[str, Any], console: Console | None 
                       f"{100 * i['confidence']:.0f}% bootstrap CI over rounds")
     for metric, reason in r.not_measured.items():
         console.print(f"{metric}: {reason}")
+    for line in deployment_lines(r.deployment):
+        console.print(line, markup=False)
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in r.stages_s.items())
     console.print(f"stages: {stages}")
     console.print(f"mcnemar p = {_fmt(r.comparison.mcnemar_p, '.3g')} | results: "

@@ -66,13 +66,15 @@ def providers_for(hardware: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def session_options(threads: int, graph_optimization: str):
+def session_options(threads: int, graph_optimization: str, inter_op: int = 1, execution_mode: str = "sequential"):
+    """``inter_op`` / ``execution_mode``: the host's choice (``quantexp.hardware.engine.ort_settings``)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = inter_op
+    options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if execution_mode == "parallel"
+                              else ort.ExecutionMode.ORT_SEQUENTIAL)
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, LEVELS[graph_optimization])
     # ORT logs every unused initializer / optimizer note at WARNING; errors still surface.
     options.log_severity_level = 3
@@ -83,13 +85,13 @@ class OnnxRuntime(Runtime):
     kind = "onnxruntime"
 
     def __init__(self, artifact: Path, threads: int, graph_optimization: str = "all",
-                 hardware: str = "cpu"):
+                 hardware: str = "cpu", inter_op: int = 1, execution_mode: str = "sequential"):
         import onnxruntime as ort
 
         super().__init__(artifact)
         self.providers = providers_for(hardware)
         self.graph_optimization = graph_optimization
-        self.session = ort.InferenceSession(str(artifact), session_options(threads, graph_optimization),
+        self.session = ort.InferenceSession(str(artifact), session_options(threads, graph_optimization, inter_op, execution_mode),
                                             providers=self.providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self._dtypes = [_ONNX_TO_NUMPY.get(i.type) for i in self.session.get_inputs()]

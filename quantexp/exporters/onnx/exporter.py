@@ -218,7 +218,8 @@ class OnnxExporter(Exporter):
         start = time.perf_counter()
         try:
             runtime = OnnxRuntime(path, threads=self.host.threads,
-                                  graph_optimization=self.graph_optimization, hardware=self.host.target)
+                                  graph_optimization=self.graph_optimization, hardware=self.host.target,
+                                  inter_op=self.host.ort_inter_op, execution_mode=self.host.ort_execution_mode)
         except ProviderUnavailable:
             raise
         except Exception as exc:
