@@ -181,6 +181,11 @@ def main() -> None:
                 rec = measured.get(top.prediction.recipe)
                 ok = rec is not None and rec[0].meets and within(rec[1], measured[best.prediction.recipe][1])
                 verdict = "within CI" if ok else "miss"
+                if not ok and rec is not None:
+                    b = measured[best.prediction.recipe][1]
+                    print(f"    measured {short(top)}: drop {rec[1].drop:+.2f}, x{rec[1].speedup:.2f}, size x"
+                          f"{rec[1].size_ratio:.2f}, meets={rec[0].meets} ({'; '.join(rec[0].why)}); best "
+                          f"{short(best)}: drop {b.drop:+.2f} CI {b.drop_ci}, x{b.speedup:.2f} CI {b.speedup_ci}")
             hits += ok
             cases += 1
             pair = measured.get(top.prediction.recipe) if top else None

@@ -40,6 +40,10 @@ PRIORS: dict[str, Prior] = {
     "qat_finetune": Prior(0.3, 1.0, 1.5, 0.5, 0.3, 0.15, NEEDS[2]),
     "mixed": Prior(0.5, 1.5, 1.1, 0.5, 0.4, 0.2, NEEDS[1]),
     "cascade": Prior(0.2, 0.5, 1.1, 0.4, 1.3, 0.2, NEEDS[1]),
+    # int8 weights, float activations (torch._weight_int8pack_mm): memory-bound layers gain
+    "woq_int8": Prior(0.2, 0.8, 1.0, 0.4, 0.35, 0.2, NEEDS[0]),
+    # the whole model in fp16/bf16: fast only where the ISA has the instructions
+    "cast": Prior(0.1, 0.5, 1.3, 0.5, 0.5, 0.05, NEEDS[0]),
 }
 UNKNOWN = Prior(1.0, 3.0, 1.0, 0.5, 0.5, 0.3, NEEDS[1])
 # 4-bit precisions lose more than the method's int8 default
