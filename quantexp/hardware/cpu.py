@@ -21,8 +21,11 @@ ISA_FLAGS: dict[str, str] = {
     "amx_tile": "amx_tile",
     "amx_int8": "amx_int8",
     "amx_bf16": "amx_bf16",
+    "amx_fp16": "amx_fp16",
     "asimd": "neon",  # aarch64
     "asimddp": "neon_dotprod",
+    "asimdhp": "neon_fp16",  # aarch64 half-precision arithmetic
+    "bf16": "neon_bf16",  # aarch64 BFloat16 instructions
 }
 
 
