@@ -39,10 +39,18 @@ class MixedPrecisionConfig(MethodConfig):
     # the CNN's small layers at +-86% (conv1) and swapped two layers of the ranking.
     hessian_samples: int = 64
     hessian_tol: Optional[float] = 0.1
-    hessian_items: int = 256        # calibration items in the loss whose Hessian is estimated
-    # calibration items the one-layer-at-a-time evaluation uses (null: all of them);
-    # a transformer has ~36 Linear layers x 4 dtypes = 144 rebuilt models to evaluate.
+    # calibration items in the loss whose Hessian is estimated (null: 256, or 16 for the
+    # transformer family, whose double backward through attention costs ~5 forward passes)
+    hessian_items: Optional[int] = None
+    # calibration items the one-layer-at-a-time evaluation uses (null: all of them, or
+    # 64 for the transformer family: 41 layers, each evaluated from its own block on)
     sensitivity_items: Optional[int] = None
+    # offer the solver only (layer, dtype) kernels this host runs fast (ISA check +
+    # a cached micro-benchmark against the fp32 layer; quantexp/quant/kernels.py)
+    kernel_filter: bool = True
+    # auto: the predicted latency (measured per-layer kernel times, summed) at most this
+    # multiple of the uniform int8 model's (null: no such limit)
+    max_latency_vs_int8: Optional[float] = 1.0
     precisions: ClassVar[frozenset[str]] = frozenset({"mixed"})
     hardware: ClassVar[frozenset[str]] = frozenset({"cpu"})
 
@@ -57,8 +65,10 @@ class MixedPrecisionConfig(MethodConfig):
             raise ConfigError(f"method.hessian_samples must be >= 0, got {self.hessian_samples}")
         if self.hessian_tol is not None and self.hessian_tol <= 0:
             raise ConfigError(f"method.hessian_tol must be > 0 or null, got {self.hessian_tol}")
-        if self.hessian_items < 1:
-            raise ConfigError(f"method.hessian_items must be >= 1, got {self.hessian_items}")
+        if self.hessian_items is not None and self.hessian_items < 1:
+            raise ConfigError(f"method.hessian_items must be >= 1 or null, got {self.hessian_items}")
+        if self.max_latency_vs_int8 is not None and self.max_latency_vs_int8 <= 0:
+            raise ConfigError(f"method.max_latency_vs_int8 must be > 0 or null, got {self.max_latency_vs_int8}")
         if self.sensitivity_items is not None and self.sensitivity_items < 1:
             raise ConfigError(f"method.sensitivity_items must be >= 1 or null, got {self.sensitivity_items}")
         if self.strategy == MixedStrategy.auto and all(v is None for v in vars(self.budget).values()):
