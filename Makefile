@@ -9,7 +9,9 @@ ARGS ?=
 # some shells export PYTHONDONTWRITEBYTECODE, which would disable them.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: help setup run test lint test-full bench ui clean
+PORT ?= 5000
+
+.PHONY: help setup run test lint test-full bench ui server server-postgres clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -43,5 +45,11 @@ ui: setup  ## MLflow UI on http://127.0.0.1:5000 over the same store the runs wr
 	@echo "runs table: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning (each run prints its own link)"
 	$(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///$(MLFLOW_DB)} --host 127.0.0.1 --port 5000
 
+server: setup  ## shared MLflow tracking server on 127.0.0.1:$(PORT) (sqlite store + artifacts under server/)
+	$(PY) -m quantexp.tracking.server --backend sqlite --port $(PORT) --dir server
+
+server-postgres: setup  ## the same over a PostgreSQL cluster of its own in server/pgdata (Debian's postgresql)
+	$(PY) -m quantexp.tracking.server --backend postgres --port $(PORT) --dir server
+
 clean:  ## remove run outputs, the MLflow store and caches (not the environment)
-	rm -rf outputs multirun mlruns mlartifacts mlflow.db .cache .pytest_cache
+	rm -rf outputs multirun mlruns mlartifacts mlflow.db .cache .pytest_cache optuna

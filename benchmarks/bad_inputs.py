@@ -48,6 +48,12 @@ CASES = [  # (label, overrides); "{tmp}" is the case's own folder
     ("calibration larger than the training split", ["method.calibration.size=100000"]),
     ("unknown layer in a manual assignment", ["method=mixed", "+method.assignment={nolayer:int8}"]),
     ("postgres-less mysql typo scheme", ["tracking.uri=mysq://u@h/db"]),
+    ("one timing round (no CI)", ["bench.min_rounds=1"]), ("unknown outlier mode", ["method.outlier_layers=bogus"]),
+    ("torch-only int8 embeddings to onnx", ["exporter=onnx", "method.embeddings=int8"]),
+    ("cascade of one precision", ["method=cascade", "precision=fp32"]),
+    ("cascade target over 100 points", ["method=cascade", "method.target_drop=150"]),
+    ("scenario without the cascade", ["method=ptq_static", "+scenario=drift"]),
+    ("gate that fails a run but no gate", ["eval.gate_fails_run=maybe"]),
 ]
 
 

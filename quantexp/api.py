@@ -61,6 +61,48 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
+def compose_checked(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """``compose``, with what Hydra cannot compose (an unknown option, a value of the
+    wrong type, a bad override) raised as a one-line ``ConfigError`` carrying Hydra's
+    own message."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return compose(overrides)
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        reason = lines[0]
+        if "Available options" in str(exc):  # an unknown group option: list the valid ones
+            options = [line for line in lines[1:] if line and " " not in line]
+            reason += f" (options: {', '.join(options)})" if options else ""
+        elif reason.endswith(":") and len(lines) > 1:
+            # "In 'scenario/drift': ConfigKeyError raised while composing config:" + which key
+            reason += f" {lines[1]}"
+        elif exc.__cause__ is not None and str(exc.__cause__).strip():
+            # "Error merging override model.hidden=abc" + why: "Value 'abc' ... not be converted"
+            reason += f": {str(exc.__cause__).strip().splitlines()[0]}"
+        scenario = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith("scenario=")), None)
+        if scenario and f"In 'scenario/{scenario}'" in reason:
+            # the scenario selects its own method, which an explicit method=... overrode
+            reason = _scenario_conflict(scenario, overrides) or reason
+        raise ConfigError(reason) from None
+
+
+def _scenario_conflict(scenario: str, overrides) -> str | None:
+    """"+scenario=drift runs on method=cascade ..." when a method=... override displaced
+    the method the scenario's config selects (``override /method: <name>``)."""
+    import re
+
+    path = CONF_DIR / "scenario" / f"{scenario}.yaml"
+    found = re.search(r"override /method: *(\w+)", path.read_text()) if path.is_file() else None
+    given = next((o.split("=", 1)[1] for o in overrides if o.startswith("method=")), None)
+    if not found or not given or given == found.group(1):
+        return None
+    return (f"+scenario={scenario} runs on method={found.group(1)} (conf/scenario/{scenario}.yaml selects it), "
+            f"not method={given}: drop the method= override")
+
+
 def validate(cfg: DictConfig) -> ExperimentConfig:
     """Schema + compatibility + hardware availability: everything that can be
     refused without loading a model."""
@@ -70,13 +112,16 @@ def validate(cfg: DictConfig) -> ExperimentConfig:
 
 
 def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_root: Path,
-            run_name: str, reference_cache: Path | None = None) -> dict[str, Any]:
+            run_name: str, reference_cache: Path | None = None,
+            placement: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the pipeline under an MLflow run (or none when tracking is disabled),
     write config.yaml and results.json into ``output_dir``, print the summary.
-    ``reference_cache``: where a sweep keeps its fp32 reference (``pipeline.reference``)."""
+    ``reference_cache``: where a sweep keeps its fp32 reference (``pipeline.reference``);
+    ``placement``: where a sweep ran this job (quantexp.launch.placement), recorded."""
     from quantexp import pipeline
+    from quantexp.bench.memory import reset_process_peak_rss
     from quantexp.preflight import cache_dir_of, preflight
-    from quantexp.provenance import git_commit, library_versions
+    from quantexp.provenance import git_commit, library_versions, process_identity
     from quantexp.report.summary import print_summary
 
     preflight(exp, project_root)  # before any model loads and before the MLflow run opens
@@ -88,7 +133,11 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
     commit = git_commit(PROJECT_ROOT)
     tags = {"quantexp.git_commit": commit, "quantexp.output_dir": str(output_dir),
             "quantexp.started_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            **{f"version.{k}": v for k, v in library_versions().items()}}
+            **{f"version.{k}": v for k, v in library_versions().items()},
+            # the process measuring: a resumed sweep closes a RUNNING run only once it is gone
+            **{f"quantexp.process.{k}": v for k, v in process_identity().items()}}
+    if placement is not None:
+        tags.update(placement.get("tags", {}))
     mlflow_tags = {"mlflow.source.name": "quantexp run", "mlflow.source.type": "LOCAL"}
     if commit != "unknown":
         mlflow_tags["mlflow.source.git.commit"] = commit.removesuffix("+dirty")
@@ -100,7 +149,10 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
 
             log.log_params(flatten(OmegaConf.to_container(cfg, resolve=True)))
             log.log_text(config_yaml, "config.yaml")
+        reset_process_peak_rss()  # process_peak_rss_mb: this run's peak, not the process's so far
         results = pipeline.run(exp, output_dir, cache_dir, log, reference_cache=reference_cache)
+        if placement is not None:
+            results["placement"] = {k: v for k, v in placement.items() if k != "tags"}
         results["config"] = OmegaConf.to_container(cfg, resolve=True)
         results["provenance"] = tags
         results["results_path"] = str(output_dir / "results.json")
@@ -110,6 +162,8 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
         if log is not None:
             link = _log_outcome(log, exp, results)
     print_summary(results)
+    if placement is not None:
+        print(placement["description"])
     if results.get("budget"):
         b = results["budget"]
         measured = ", ".join(f"{k.removeprefix('measured.')}={v:.4g}" for k, v in b.items()
@@ -208,10 +262,21 @@ def quantize(module: "nn.Module", method: str, *, precision: str | None = None,
     if method_cls.stage != "model":
         raise ConfigError(f"method={method} rewrites an exported artifact, not a module: use "
                           "quantexp.run(...) with exporter=onnx for it")
+    holdout = getattr(exp.method, "holdout", None) if method_cls.needs_labels else None
+    if holdout is not None:
+        # The method calibrates against labels (the cascade's escalation threshold): the
+        # last ``holdout`` items of a labelled Split are held out, the rest calibrate.
+        from quantexp.models.base import Split
+
+        if not isinstance(calibration, Split) or len(calibration) <= holdout:
+            raise ConfigError(f"method={method} calibrates on labelled held-out items: pass calibration="
+                              f"Split(inputs, labels, ids) with more than method.holdout={holdout} items")
     calibration = as_split(calibration)
     if calibration is None and method_cls.needs_calibration:
         raise ConfigError(f"method={method} needs calibration data: pass calibration=<inputs tensor>")
     bundle = ModelBundle.from_module(module, calibration=calibration, example_inputs=example_inputs)
+    if holdout is not None:
+        calibration = calibration.subset(list(range(len(calibration) - holdout)))
     impl = method_cls(exp.method, exp.precision, probe_host(exp.hardware))
     impl.log = None
     impl.check_model(bundle)
@@ -258,4 +323,4 @@ def _tracking(exp: ExperimentConfig, project_root: Path, run_name: str, tags: di
     return RunLogger(client, experiment_id, run_name, parent_run_id=parent_run_id(), tags=tags)
 
 
-__all__ = ["compose", "execute", "quantize", "register", "run", "validate"]
+__all__ = ["compose", "compose_checked", "execute", "quantize", "register", "run", "validate"]

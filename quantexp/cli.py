@@ -12,6 +12,9 @@ is removed afterwards).
 Bad input (a ConfigError or an unavailable hardware target) is refused before
 any model loads: one line on stderr and exit code 2 in a single run; in a
 multirun it is raised so that only that job fails and the sweep goes on.
+
+Each job of a multirun runs through ``quantexp.launch.job.run_sweep_job``: its thread
+budget under a parallel launcher, then ``run_one`` in a fresh process.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ COMMANDS = {
     "compare": "did a candidate run regress against a baseline? (`quantexp compare --help`)",
     "baseline": "pin the baseline run `compare --baseline @name` uses (`quantexp baseline --help`)",
     "history": "one configuration over time: accuracy and latency per run/commit (`quantexp history --help`)",
+    "analyze": "what a model is made of, its quantization risks, what can run on it (`quantexp analyze --help`)",
+    "recommend": "which method to apply for a target under constraints (`quantexp recommend --help`)",
 }
 
 
@@ -76,6 +81,17 @@ def _run_log_only() -> logging.Logger | None:
 
 
 def run_job(cfg: DictConfig) -> float | None:
+    if not MODE.check and HydraConfig.get().mode == RunMode.MULTIRUN:
+        # each job of a sweep in a fresh process, with its thread budget (quantexp.launch)
+        from quantexp.launch.job import run_sweep_job
+
+        return run_sweep_job(run_one, cfg)
+    return run_one(cfg)
+
+
+def run_one(cfg: DictConfig, placement: dict | None = None) -> float | None:
+    """One job: validate, run the pipeline under an MLflow run, return the objective
+    (``placement``: where a sweep put it, recorded in results.json and MLflow)."""
     hc = HydraConfig.get()
     run_log = _run_log_only()
     output_dir = Path(hc.runtime.output_dir)
@@ -97,7 +113,7 @@ def run_job(cfg: DictConfig) -> float | None:
         # User errors found while running (a model path that does not exist, a
         # calibration set larger than the data) end the same way; the MLflow run,
         # if one was opened, is already marked FAILED with its traceback.
-        results = execute(exp, cfg, output_dir, project_root, run_name, reference_cache)
+        results = execute(exp, cfg, output_dir, project_root, run_name, reference_cache, placement=placement)
     except (ConfigError, HardwareUnavailable) as exc:
         if multirun:
             raise
@@ -156,31 +172,17 @@ def run_main(argv: list[str] | None = None) -> None:
 def _refuse_what_hydra_cannot_compose(args: list[str]) -> None:
     """A single run whose overrides Hydra cannot compose (an unknown option, a value of
     the wrong type, a bad override) ends with one line and exit code 2, not Hydra's
-    multi-line report and exit 1. Composed here with Hydra's own compose API, so the
-    message is Hydra's. Command lines with flags (-m, --help, --cfg, ...) go to Hydra
-    untouched: a sweep's jobs are refused one by one and the sweep goes on."""
+    multi-line report and exit 1 (``api.compose_checked``). Command lines with flags
+    (-m, --help, --cfg, ...) go to Hydra untouched: a sweep's jobs are refused one by
+    one and the sweep goes on."""
     if any(a.startswith("-") for a in args):
         return
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from quantexp.api import compose
+    from quantexp.api import compose_checked
 
     try:
-        compose(args)
-    except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-        reason = lines[0]
-        if "Available options" in str(exc):  # an unknown group option: list the valid ones
-            options = [line for line in lines[1:] if line and " " not in line]
-            reason += f" (options: {', '.join(options)})" if options else ""
-        elif reason.endswith(":") and len(lines) > 1:
-            # "In 'scenario/drift': ConfigKeyError raised while composing config:" + which key
-            reason += f" {lines[1]}"
-        elif exc.__cause__ is not None and str(exc.__cause__).strip():
-            # "Error merging override model.hidden=abc" + why: "Value 'abc' ... not be converted"
-            reason += f": {str(exc.__cause__).strip().splitlines()[0]}"
-        print(f"error: {reason}", file=sys.stderr)
+        compose_checked(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_CONFIG)
 
 
@@ -254,6 +256,14 @@ def main(argv: list[str] | None = None) -> None:
         from quantexp.regression import command as regression
 
         sys.exit((regression.compare_main if command == "compare" else regression.baseline_main)(rest))
+    if command == "recommend":
+        from quantexp.recommend.command import main as recommend
+
+        sys.exit(recommend(rest))
+    if command == "analyze":
+        from quantexp.architecture.command import main as analyze
+
+        sys.exit(analyze(rest))
     if command == "history":
         from quantexp.regression.history import main as history
 
@@ -264,4 +274,5 @@ def main(argv: list[str] | None = None) -> None:
     run_main()
 
 
-__all__ = ["CHECK_FLAGS", "EXIT_BAD_CONFIG", "EXIT_GATE_FAILED", "MODE", "hydra_app", "main", "run_job", "run_main"]
+__all__ = ["CHECK_FLAGS", "EXIT_BAD_CONFIG", "EXIT_GATE_FAILED", "MODE", "hydra_app", "main", "run_job", "run_main",
+           "run_one"]

@@ -1,7 +1,12 @@
-"""Where a result came from: library versions and the git commit of the project."""
+"""Where a result came from: library versions, the git commit of the project, and the
+process that produced it (``process_identity``; ``process_alive`` tells whether that
+process still runs, which is how a resumed or shared sweep tells a dead job from a
+live one)."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -32,3 +37,22 @@ def git_commit(root: Path) -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
+
+
+def process_identity() -> dict[str, str | int | float]:
+    """This process: host name, pid and start time (a pid alone can be reused)."""
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time()}
+
+
+def process_alive(identity: dict) -> bool | None:
+    """True/False for a process of this host; None for one on another host (unknown)."""
+    if identity.get("host") != socket.gethostname():
+        return None
+    import psutil
+
+    try:
+        return abs(psutil.Process(int(identity["pid"])).create_time() - float(identity["started"])) < 1.0
+    except (psutil.NoSuchProcess, KeyError, TypeError, ValueError):
+        return False

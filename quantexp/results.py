@@ -178,7 +178,7 @@ _PIPELINE_KEYS = ("model", "method", "calibration", "tables", "candidates", "com
                   "predictions_path", "figures")
 # Pipeline keys that may be absent: interleaved only when fp32 and the candidate were timed together.
 _OPTIONAL_KEYS = ("interleaved",)
-_CLI_KEYS = ("config", "provenance", "results_path", "mlflow_run_id")
+_CLI_KEYS = ("config", "provenance", "results_path", "mlflow_run_id", "placement")
 
 
 @dataclass
@@ -210,6 +210,9 @@ class Results:
     provenance: dict[str, str] | None = None
     results_path: str | None = None
     mlflow_run_id: str | None = None
+    # Jobs of a sweep: launcher, jobs sharing the host, threads, co_located (latencies
+    # measured beside other jobs), isolation (quantexp.launch.placement)
+    placement: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -34,3 +34,33 @@ def write_tiny_bert(directory: Path, seed: int) -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("tiny_bert"), seed=0)
+
+
+def _postgres_installed() -> bool:
+    from quantexp.tracking.postgres import PostgresUnavailable, bin_dir
+
+    try:
+        bin_dir()
+        return True
+    except PostgresUnavailable:
+        return False
+
+
+needs_postgres = pytest.mark.skipif(not _postgres_installed(),
+                                    reason="needs Debian's postgresql package (.ci/run installs it)")
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throw-away PostgreSQL cluster of this test session (its own folder under /tmp, a
+    free port on 127.0.0.1), stopped and removed at the end."""
+    import shutil
+
+    from quantexp.tracking.postgres import PostgresCluster
+
+    cluster = PostgresCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.data_dir.parent, ignore_errors=True)

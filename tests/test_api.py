@@ -93,3 +93,23 @@ def test_quantize_refusals_are_one_line():
     text_model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(12, 2))
     with pytest.raises(quantexp.ConfigError, match="method=qat cannot run with model family=transformer"):
         quantexp.quantize(text_model, "qat", calibration=torch.randint(0, 10, (4, 3)))
+
+
+def test_quantize_a_users_module_with_a_cascade():
+    # The cascade solves its threshold against labels: a labelled Split, the last
+    # method.holdout items held out.
+    from quantexp.models.base import Split
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(160, 1, 8, 8)
+    with torch.no_grad():
+        labels = net(x).argmax(1)  # the fp32 model's own answers: a learnable labelling
+    data = Split((x,), labels, torch.arange(160))
+    q = quantexp.quantize(net, "cascade", calibration=data, overrides=["method.holdout=60", "method.calibration.size=64"])
+    with torch.no_grad():
+        out = q.model(x[:8])
+    assert out.shape == (8, 3)
+    assert q.info["holdout.items"] == 60 and q.info["threshold_source"] == "calibrated"
+    with pytest.raises(quantexp.ConfigError, match="calibrates on labelled held-out items"):
+        quantexp.quantize(net, "cascade", calibration=x)

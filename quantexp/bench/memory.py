@@ -2,7 +2,10 @@
 peak CUDA memory of a code block.
 
 Owns the memory numbers reported for a run. RSS is in MiB (2**20 bytes) despite the
-conventional ``_mb`` suffix.
+conventional ``_mb`` suffix. ``process_peak_rss_mb`` is the kernel's peak since the
+process started or since ``reset_process_peak_rss`` (Linux: ``/proc/self/clear_refs``),
+which each run calls first: a second run in the same process (``quantexp.run`` in a
+loop, ``launch.isolation=inline``) reports its own peak, not the largest so far.
 """
 
 from __future__ import annotations
@@ -93,8 +96,21 @@ class PeakRSSSampler:
         }
 
 
+def reset_process_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process to its current RSS (Linux >= 4.0:
+    writing 5 to /proc/self/clear_refs resets VmHWM, which getrusage's ru_maxrss
+    follows). False where that is not possible: the peak then stays the process's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def process_peak_rss_mb() -> float:
-    """Lifetime peak RSS of this process in MiB, from getrusage (exact, kernel-tracked)."""
+    """Peak RSS of this process in MiB since it started or since the last
+    ``reset_process_peak_rss``, from getrusage (exact, kernel-tracked)."""
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     if sys.platform == "darwin":

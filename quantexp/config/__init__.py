@@ -24,6 +24,8 @@ from quantexp.config.experiment import (
     BudgetConfig,
     EvalConfig,
     ExperimentConfig,
+    Isolation,
+    LaunchConfig,
     SearchConfig,
     TrackingConfig,
 )
@@ -41,7 +43,7 @@ from quantexp.config.registry import all_schemas, implementation_of, register_co
 __all__ = [
     "DTYPE_BITS", "MIXED_DTYPES", "MPS_DTYPES", "OBJECTIVES", "BenchConfig", "BudgetConfig",
     "CalibrationConfig", "ConfigError", "DType", "EvalConfig", "ExperimentConfig", "ExporterConfig",
-    "Family", "Granularity", "GraphOptimization", "HardwareConfig", "MethodConfig", "ModelConfig",
+    "Family", "Granularity", "GraphOptimization", "HardwareConfig", "Isolation", "LaunchConfig", "MethodConfig", "ModelConfig",
     "Observer", "PrecisionConfig", "SearchConfig", "TrackingConfig", "all_schemas", "build",
     "check_compatibility", "implementation_of", "register_configs", "require_positive", "resolve", "schemas",
 ]

@@ -4,6 +4,7 @@ the five groups: benchmark, evaluation, tracking, objectives and the precision s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from omegaconf import MISSING
@@ -131,6 +132,21 @@ class SearchConfig:
     kernel_filter: bool = True
 
 
+class Isolation(str, Enum):
+    process = "process"  # each job of a sweep in a fresh process (quantexp.launch)
+    inline = "inline"    # in the launcher's process, as Hydra runs a job by itself
+
+
+@dataclass
+class LaunchConfig:
+    """How the jobs of a sweep run (quantexp/launch): the launcher itself is Hydra's
+    (hydra/launcher=basic|joblib|ray)."""
+
+    # process: a crash, an OOM kill or a leaked thread pool ends one job only, and
+    # per-job figures (peak RSS) are the job's own. Single runs are one process anyway.
+    isolation: Isolation = Isolation.process
+
+
 @dataclass
 class ExperimentConfig:
     """The top-level schema; the five groups are typed by their own schemas."""
@@ -152,6 +168,7 @@ class ExperimentConfig:
     # (multi-objective Optuna). Names: see OBJECTIVES.
     objectives: list[str] = field(default_factory=lambda: ["accuracy"])
     search: SearchConfig = field(default_factory=SearchConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
     def validate(self) -> dict[str, dict[str, Any]]:
         """Every rule, the cross-group ones included; returns what the compatibility

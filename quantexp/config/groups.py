@@ -183,3 +183,8 @@ class ExporterConfig(_Schema):
         model loads). Returns the ``auto`` fields it resolves from the other groups
         ({field: value}); never mutates the config."""
         return {}
+
+    def unmeasurable_reason(self) -> str | None:
+        """Why this host can convert to the format but not run it (no accuracy, no
+        latency), or None when it can run it."""
+        return None

@@ -33,6 +33,8 @@ class QuantizedModel:
 
 class QuantizationMethod(ABC):
     needs_calibration: ClassVar[bool] = False
+    # calibrates against labels on held-out items (method.holdout of them)
+    needs_labels: ClassVar[bool] = False
     #: "model": ``quantize`` returns a PyTorch module that the exporter then saves.
     #: "artifact": ``quantize_artifact`` rewrites the exported fp32 artifact (ONNX
     #: Runtime quantization works on the .onnx file, not on the PyTorch model).

@@ -10,11 +10,14 @@ half-written file. Only weights are cached; data is always rebuilt from its sour
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
 import json
 import logging
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -57,6 +60,28 @@ def cache_key(cfg: ModelConfig, seed: int) -> str:
 
 def entry_dir(cache_dir: Path, cfg: ModelConfig, seed: int) -> Path:
     return Path(cache_dir) / f"{cfg.name}-{cache_key(cfg, seed)[:16]}"
+
+
+@contextlib.contextmanager
+def entry_lock(cache_dir: Path, cfg: ModelConfig, seed: int) -> Iterator[None]:
+    """Hold ``<entry>.lock`` (an flock, through filelock): the first job to need an
+    entry trains and saves it while the others wait, then they find it cached."""
+    from filelock import FileLock, Timeout
+
+    path = entry_dir(cache_dir, cfg, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(f"{path}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("%s: another job is training this fp32 model; waiting for it (%s.lock)", cfg.name, path)
+        start = time.perf_counter()
+        lock.acquire()
+        log.info("%s: waited %.1f s for the other job", cfg.name, time.perf_counter() - start)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @dataclass

@@ -61,30 +61,32 @@ def load_model(cfg: ModelConfig, seed: int, cache_dir: Path) -> ModelBundle:
     model = seeded(seed, lambda: builder.build(raw.num_classes))
     fingerprint = builder.fingerprint()
 
-    entry = cache.load(Path(cache_dir), cfg, seed, fingerprint)
-    if entry is not None:
-        try:
-            builder.persisted(model).load_state_dict(entry.state_dict)
-        except RuntimeError as exc:  # stale entry: the code changed, CACHE_VERSION did not
-            log.warning("cache entry %s does not fit the model (%s); retraining",
-                        entry.path, str(exc).splitlines()[0])
-            entry = None
-            # A failed load may have copied some tensors: start again from a clean init.
-            model = seeded(seed, lambda: builder.build(raw.num_classes))
-    if entry is not None:
-        meta, train_time, entry_path = entry.meta, None, entry.path
-        log.info("%s: fp32 weights from cache %s", cfg.name, entry_path)
-    else:
-        t0 = time.perf_counter()
-        history = builder.fit(model, train, seed)
-        train_time = time.perf_counter() - t0
-        # a diverged model raises here, before anything is cached
-        fp32_accuracy = check_converged(model.eval(), test, cfg.name, cfg.lr, history)
-        meta = {"train_time_s": train_time, "history": history, "fp32_test_accuracy": fp32_accuracy}
-        entry_path = cache.save(Path(cache_dir), cfg, seed, builder.persisted(model).state_dict(),
-                                meta, fingerprint)
-        log.info("%s: trained in %.1f s, fp32 test accuracy %.4f, cached in %s",
-                 cfg.name, train_time, meta["fp32_test_accuracy"], entry_path)
+    # Jobs running at once (parallel launchers) take turns on one entry: one trains it.
+    with cache.entry_lock(Path(cache_dir), cfg, seed):
+        entry = cache.load(Path(cache_dir), cfg, seed, fingerprint)
+        if entry is not None:
+            try:
+                builder.persisted(model).load_state_dict(entry.state_dict)
+            except RuntimeError as exc:  # stale entry: the code changed, CACHE_VERSION did not
+                log.warning("cache entry %s does not fit the model (%s); retraining",
+                            entry.path, str(exc).splitlines()[0])
+                entry = None
+                # A failed load may have copied some tensors: start again from a clean init.
+                model = seeded(seed, lambda: builder.build(raw.num_classes))
+        if entry is not None:
+            meta, train_time, entry_path = entry.meta, None, entry.path
+            log.info("%s: fp32 weights from cache %s", cfg.name, entry_path)
+        else:
+            t0 = time.perf_counter()
+            history = builder.fit(model, train, seed)
+            train_time = time.perf_counter() - t0
+            # a diverged model raises here, before anything is cached
+            fp32_accuracy = check_converged(model.eval(), test, cfg.name, cfg.lr, history)
+            meta = {"train_time_s": train_time, "history": history, "fp32_test_accuracy": fp32_accuracy}
+            entry_path = cache.save(Path(cache_dir), cfg, seed, builder.persisted(model).state_dict(),
+                                    meta, fingerprint)
+            log.info("%s: trained in %.1f s, fp32 test accuracy %.4f, cached in %s",
+                     cfg.name, train_time, meta["fp32_test_accuracy"], entry_path)
     model.eval()
 
     info = {

@@ -26,13 +26,13 @@ def remaining_trials(storage: Any, study_name: Any, total: Any) -> int:
     total = int(total)
     if storage in (None, "", "None") or study_name in (None, "", "None"):
         return total
-    ensure_sqlite_dir(str(storage))
     import optuna
 
+    from quantexp.search.shared import open_storage
     from quantexp.search.study import done_count
 
     try:
-        study = optuna.load_study(study_name=str(study_name), storage=str(storage))
+        study = optuna.load_study(study_name=str(study_name), storage=open_storage(str(storage)))
     except KeyError:  # no such study yet
         return total
     return max(total - done_count(study.get_trials(deepcopy=False)), 0)

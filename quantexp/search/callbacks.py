@@ -37,12 +37,14 @@ BUDGET_OBJECTIVE = {"max_accuracy_drop": "accuracy_drop", "max_size_mb": "size_m
 def _study(config: DictConfig):
     import optuna
 
+    from quantexp.search.shared import open_storage
+
     storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
     name = OmegaConf.select(config, "hydra.sweeper.study_name", default=None)
     if not storage or not name:
         return None
     try:
-        return optuna.load_study(study_name=str(name), storage=str(storage))
+        return optuna.load_study(study_name=str(name), storage=open_storage(str(storage)))
     except KeyError:
         return None
 

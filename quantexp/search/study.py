@@ -5,7 +5,7 @@ and the clean-up a resume needs after an interrupted (or kill -9'd) sweep.
   model, method, precision, hardware, exporter, objectives and their directions,
   the choices, eval/bench settings, a sensitivity table's content), minus what only
   sizes or judges the search (``search.n_trials``, ``search.budget``), what says
-  where things go (``hydra``, ``tracking``, ``cache_dir``) and the per-trial
+  where and how things run (``hydra``, ``tracking``, ``cache_dir``, ``launch``) and the per-trial
   ``method.assignment``. ``search_hash`` is its short sha256; the
   ``quantexp.search_key`` resolver puts it in the default study name, so a changed
   search starts a new study instead of mixing incomparable values as one objective.
@@ -13,9 +13,8 @@ and the clean-up a resume needs after an interrupted (or kill -9'd) sweep.
   marked interrupted), what ``hydra.sweeper.n_trials`` / ``search.n_trials`` count.
 - ``mark_interrupted``: trials a dead sweeper left RUNNING become FAIL with
   ``quantexp.interrupted`` (they do not count as done; the rerun redoes them).
-
-Only one sweeper may work on a study at a time: a second one would see the first
-one's running trials as interrupted.
+  Trials of a live sweeper are left alone: several sweepers may work on one study
+  at a time (``quantexp.search.shared``).
 """
 
 from __future__ import annotations
@@ -23,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ RUN_ID_ATTR = "quantexp.mlflow_run_id"
 RESULTS_ATTR = "quantexp.results_path"
 OUTPUT_DIR_ATTR = "quantexp.output_dir"
 
-_NOT_DEFINING = ("hydra", "tracking", "cache_dir")
+_NOT_DEFINING = ("hydra", "tracking", "cache_dir", "launch")
 _NOT_DEFINING_NESTED = (("search", "n_trials"), ("search", "budget"), ("method", "assignment"))
 
 
@@ -87,18 +87,32 @@ def done_count(trials: list[Any]) -> int:
                for t in trials)
 
 
-def mark_interrupted(study: Any) -> int:
-    """RUNNING trials of ``study`` -> FAIL + interrupted; returns how many."""
+def taken_count(trials: list[Any]) -> int:
+    """Trials that count toward the study's total now: done ones and those still
+    running or waiting (a live worker's; dead workers' are marked interrupted first)."""
     import optuna
 
+    state = optuna.trial.TrialState
+    return done_count(trials) + sum(t.state in (state.RUNNING, state.WAITING) for t in trials)
+
+
+def mark_interrupted(study: Any) -> int:
+    """RUNNING trials of ``study`` whose worker is gone (``shared.owner_alive``) -> FAIL +
+    interrupted; returns how many. A live worker's running trials are left alone."""
+    import optuna
+
+    from quantexp.search.shared import owner_alive
+
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    for t in running:
+    now = time.time()
+    dead = [t for t in running if not owner_alive(t.user_attrs, now)]
+    for t in dead:
         study._storage.set_trial_user_attr(t._trial_id, INTERRUPTED_ATTR, True)
         study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
         log.warning("trial %d was left RUNNING by an interrupted sweep: marked FAIL, redone", t.number)
-    return len(running)
+    return len(dead)
 
 
 __all__ = ["DEFINITION_ATTR", "HASH_ATTR", "INTERRUPTED_ATTR", "OUTPUT_DIR_ATTR", "RESULTS_ATTR",
            "RUN_ID_ATTR", "done_count", "mark_interrupted", "search_definition", "search_hash",
-           "search_key"]
+           "search_key", "taken_count"]

@@ -4,16 +4,19 @@ conf/hydra/sweeper/quantexp_optuna.yaml selects it (``override /hydra/sweeper:
 quantexp_optuna`` in conf/search/*.yaml). What it adds to the plugin's sweeper, all
 of it before the first trial:
 
-- the sqlite storage's folder is created and its schema built under the store's
-  file lock (the plugin opened ``optuna/…db`` in a folder nobody had created);
-- trials a killed sweeper left RUNNING are marked FAIL + interrupted;
+- the storage is opened by ``quantexp.search.shared.open_storage`` (an RDB URL, its
+  sqlite folder created and schema built under the store's file lock; or
+  ``journal:///ABS/PATH`` for Optuna's journal file);
+- trials a killed sweeper left RUNNING are marked FAIL + interrupted (those of a
+  sweeper still alive, in another process on the same study, are left alone);
 - ``n_trials`` is the total the study should end with: trials already done
   (``study.done_count``) are subtracted, whether it came from ``search.n_trials``
-  or a plain ``hydra.sweeper.n_trials=N``;
+  or a plain ``hydra.sweeper.n_trials=N``; with several processes on one study the
+  total is theirs together (``quantexp.search.sweep_loop``);
 - the sampler's seed is offset by the trials already in the study: a fixed seed
-  would replay the same proposals after every restart;
-- job numbers continue from the study's trial count, so job number == trial number
-  and run names / job folders do not repeat across resumes;
+  would replay the same proposals after every restart (or in a second process);
+- job numbers are trial numbers, so run names / job folders do not repeat across
+  resumes or processes;
 - the study records its search definition; a study of that name created for a
   different search is refused with one line (exit 2); objective names are set on
   the study (``set_metric_names``);
@@ -36,6 +39,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from quantexp.search import shared
 from quantexp.search import study as st
 
 log = logging.getLogger(__name__)
@@ -63,25 +67,36 @@ class ResumableOptunaSweeper(Sweeper):
         from hydra.utils import instantiate
 
         existing: list[Any] = []
-        if storage and study_name:
-            storage = _open_storage(str(storage))
+        url = str(storage) if storage and study_name else None
+        if url:
+            storage = shared.open_storage(url)
             try:
                 study = optuna.load_study(study_name=str(study_name), storage=storage)
             except KeyError:  # a new study
                 study = None
             if study is not None:
-                st.mark_interrupted(study)
+                with shared.study_lock(url, str(study_name)):
+                    st.mark_interrupted(study)  # trials of dead sweepers only
                 existing = study.get_trials(deepcopy=False)
         self.n_existing = len(existing)
         done = st.done_count(existing)
         remaining = max(int(n_trials) - done, 0)
-        self._progress = (f"study {study_name}: {done} trials done of {n_trials}; running {remaining}"
-                          if existing else None)
-        sampler = instantiate(_seeded(sampler, self.n_existing), _execution_whitelist_=(
-            "hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
-        self.sweeper = _impl_class()(sampler, direction, storage, study_name, remaining, n_jobs,
-                                     max_failure_rate, custom_search_space, params)
+        running = st.taken_count(existing) - done
+        self._progress = (f"study {study_name}: {done} trials done of {n_trials}"
+                          + (f", {running} running in other processes" if running else "")
+                          + f"; up to {remaining - running} to run here" if existing else None)
+
+        def make_sampler(offset: int) -> Any:
+            return instantiate(_seeded(sampler, offset), _execution_whitelist_=(
+                "hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*"))
+
+        self.sweeper = _impl_class()(make_sampler(self.n_existing), direction, storage, study_name, remaining,
+                                     n_jobs, max_failure_rate, custom_search_space, params)
         self.sweeper.first_job = self.n_existing
+        self.sweeper.total = int(n_trials)  # the study's total, shared by every process on it
+        self.sweeper.storage_url = url
+        self.sweeper.seed_offset = self.n_existing
+        self.sweeper.reseed = make_sampler
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -93,16 +108,6 @@ class ResumableOptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         return self.sweeper.sweep(arguments)
-
-
-def _open_storage(url: str) -> Any:
-    """An RDBStorage on ``url``, its schema created under the file lock (sqlite)."""
-    import optuna
-
-    from quantexp.tracking.store import retry_locked, schema_lock
-
-    with schema_lock(url):
-        return retry_locked(optuna.storages.RDBStorage, url)
 
 
 _IMPL: type | None = None
@@ -118,7 +123,16 @@ def _impl_class() -> type:
 
     class Impl(OptunaSweeperImpl):  # type: ignore[misc, valid-type]
         first_job = 0
+        total = 0
+        storage_url: str | None = None
+        seed_offset = 0
+        reseed: Any = None
         _pending: list[Any]
+
+        def sweep(self, arguments: list[str]) -> None:
+            from quantexp.search.sweep_loop import sweep
+
+            sweep(self, arguments)  # the plugin's loop, with batches claimed from a shared study
 
         def setup(self, **kwargs: Any) -> None:
             super().setup(**kwargs)
@@ -145,7 +159,7 @@ def _check_and_label(impl: Any) -> None:
     digest = st.search_hash(definition)
     stored = study.user_attrs.get(st.HASH_ATTR)
     if stored is not None and stored != digest:
-        print(f"error: study {impl.study_name!r} in {impl.storage.url} was created for another "
+        print(f"error: study {impl.study_name!r} in {impl.storage_url} was created for another "
               f"search (definition {stored}, this one {digest}; see its user attr "
               f"{st.DEFINITION_ATTR}); drop hydra.sweeper.study_name to get a study of its own",
               file=sys.stderr)

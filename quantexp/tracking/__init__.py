@@ -5,7 +5,10 @@
 - ``callbacks``: ``MlflowSweepCallback`` (the parent run of a Hydra multirun)
   and ``parent_run_id()`` for the jobs.
 - ``sweep_summary``: ``SweepSummaryCallback``, the end-of-sweep list of failed jobs.
-- ``lookup``: the MLflow run of a job, found by its output folder.
+- ``lookup``: the MLflow run of a job, found by its output folder (and ended FAILED
+  when the job's process died).
+- ``server`` / ``postgres``: a shared ``mlflow server`` on 127.0.0.1 (``make server``) and
+  a PostgreSQL cluster of its own behind it (``make server-postgres``).
 
 ``EXIT`` carries the exit code of a multirun to run.py (Hydra returns none): set by
 the sweep summary (failed jobs) and by the search report (a budget no trial meets).
@@ -18,6 +21,9 @@ import RunLogger``).
 
 PARENT_RUN_ENV = "QUANTEXP_MLFLOW_PARENT_RUN_ID"
 PARENT_RUN_FILE = "mlflow_parent_run_id.txt"
+# The store the sweep's parent run is in, for jobs whose environment differs from the
+# launching one (a Ray worker does not see the driver's MLFLOW_TRACKING_URI).
+TRACKING_URI_FILE = "mlflow_tracking_uri.txt"
 
 
 class _Exit:
@@ -26,4 +32,4 @@ class _Exit:
 
 EXIT = _Exit()
 
-__all__ = ["EXIT", "PARENT_RUN_ENV", "PARENT_RUN_FILE"]
+__all__ = ["EXIT", "PARENT_RUN_ENV", "PARENT_RUN_FILE", "TRACKING_URI_FILE"]

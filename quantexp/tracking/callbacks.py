@@ -4,9 +4,12 @@
 one parent run before the first job and closes it after the last, with counts
 of its children. A persistent study (Optuna sweeper with storage) keeps one parent
 across resumes; on resume, children a killed sweep left RUNNING are marked KILLED
-(tag ``error`` says why) so that they end and count as failed. Jobs nest under it through ``parent_run_id()``: jobs in the
-launcher's process read an environment variable, jobs in other processes a
-file in the sweep directory.
+(tag ``error`` says why) so that they end and count as failed; several sweep processes
+on one study share that parent (found or created under the study store's lock) and
+leave each other's live jobs alone. Jobs nest under it through ``parent_run_id()``: a
+file in the sweep directory (``PARENT_RUN_FILE``; the environment variable in the
+sweep's own process as a fallback), beside ``TRACKING_URI_FILE``, the store the sweep
+opened, for jobs whose environment is not the sweep's (Ray workers).
 
 Hydra imports this module on every start (``--help`` included), so mlflow is
 imported only inside the methods (``store`` does the same). Tracking problems
@@ -25,8 +28,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 # store imports mlflow only inside its functions, so this stays cheap at load.
-from quantexp.tracking import PARENT_RUN_ENV, PARENT_RUN_FILE
-from quantexp.tracking.store import open_client, retry_locked
+from quantexp.tracking import PARENT_RUN_ENV, PARENT_RUN_FILE, TRACKING_URI_FILE
+from quantexp.tracking.store import open_client, retry_locked, store_lock
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,21 @@ class MlflowSweepCallback(Callback):
         sweep_dir = sweep_dir_of(config)
         overrides = OmegaConf.select(config, "hydra.overrides.task", default=None) or []
         study = _study_key(config)
+        storage = OmegaConf.select(config, "hydra.sweeper.storage", default=None)
+        # Sweep processes starting together on one study find or create its one parent
+        # under the study store's lock.
+        with store_lock(str(storage) if study else None, f"quantexp.parent:{study}"):
+            run = self._open_parent(client, experiment_id, study, sweep_dir, overrides)
+        self._client, self._experiment_id = client, experiment_id
+        self._parent_run_id = run.info.run_id
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_RUN_FILE).write_text(self._parent_run_id + "\n")
+        (sweep_dir / TRACKING_URI_FILE).write_text(client.tracking_uri + "\n")
+        os.environ[PARENT_RUN_ENV] = self._parent_run_id
+        log.info("MLflow parent run %s (%s)", self._parent_run_id, client.tracking_uri)
+
+    def _open_parent(self, client: Any, experiment_id: str, study: str | None, sweep_dir: Path,
+                     overrides: list) -> Any:
         run = _existing_study_run(client, experiment_id, study) if study else None
         if run is not None:
             # A resumed persistent study (Optuna sweeper): one parent for the whole study.
@@ -88,20 +106,18 @@ class MlflowSweepCallback(Callback):
                 client.create_run, experiment_id,
                 run_name=f"study {study.rpartition('#')[2]}" if study else sweep_name(overrides),
                 tags=tags)
-        self._client, self._experiment_id = client, experiment_id
-        self._parent_run_id = run.info.run_id
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / PARENT_RUN_FILE).write_text(self._parent_run_id + "\n")
-        os.environ[PARENT_RUN_ENV] = self._parent_run_id
-        log.info("MLflow parent run %s (%s)", self._parent_run_id, client.tracking_uri)
+        return run
 
     def _close_interrupted(self, parent: str) -> None:
-        """Children of a resumed study still RUNNING belong to a sweep that died
-        (kill -9, a crash) mid-job: nothing else will ever end them. One sweeper per
-        study at a time (as for the Optuna trials), so none of them is live."""
+        """Children of a resumed study still RUNNING whose process is gone belong to a
+        sweep that died (kill -9, a crash) mid-job: nothing else will ever end them.
+        Those of a live process (another sweep process working on the same study) and
+        those measured on another host are left alone."""
         for child in self._children(parent):
             if child.info.status != "RUNNING":
                 continue
+            if _process_alive(child) is not False:  # a job still measuring (another sweep process
+                continue                            # on the study), or one on another host
             reason = ("interrupted: the sweep process ended while this job ran; "
                       "marked KILLED when the study was resumed")
             retry_locked(self._client.set_tag, child.info.run_id, "error", reason)
@@ -127,7 +143,8 @@ class MlflowSweepCallback(Callback):
     def _finish(self, parent: str) -> None:
         from mlflow.entities import Metric
 
-        statuses = [run.info.status for run in self._children(parent)]
+        children = self._children(parent)
+        statuses = [run.info.status for run in children]
         counts = {
             "n_jobs": len(statuses),
             "n_finished": statuses.count("FINISHED"),
@@ -137,7 +154,12 @@ class MlflowSweepCallback(Callback):
         now = int(time.time() * 1000)
         retry_locked(self._client.log_batch, parent,
                      metrics=[Metric(k, float(v), now, 0) for k, v in counts.items()])
-        retry_locked(self._client.set_terminated, parent, status="FINISHED")
+        live = [r for r in children if r.info.status == "RUNNING" and _process_alive(r) is not False]
+        if live:  # another sweep process on the same study still measures: it ends the parent
+            log.info("MLflow parent run %s left RUNNING: %d job(s) of other sweep processes still run",
+                     parent, len(live))
+        else:
+            retry_locked(self._client.set_terminated, parent, status="FINISHED")
         log.info("MLflow parent run %s: %d jobs, %d finished, %d failed",
                  parent, counts["n_jobs"], counts["n_finished"], counts["n_failed"])
 
@@ -155,6 +177,17 @@ class MlflowSweepCallback(Callback):
 
 
 _STUDY_TAG = "quantexp.study"
+
+
+def _process_alive(run: Any) -> bool | None:
+    """Is the process that measures this run alive (None: on another host; False for
+    runs of versions that did not record their process)?"""
+    from quantexp.provenance import process_alive
+
+    tags = run.data.tags
+    if "quantexp.process.pid" not in tags:
+        return False
+    return process_alive({k: tags.get(f"quantexp.process.{k}") for k in ("host", "pid", "started")})
 
 
 def sweep_name(overrides: list[Any]) -> str:
@@ -184,10 +217,20 @@ def _existing_study_run(client: Any, experiment_id: str, study: str) -> Any:
 
 def parent_run_id() -> str | None:
     """The sweep's parent run id for the current job, or None (single run,
-    tracking disabled, or the parent could not be created)."""
-    from_env = os.environ.get(PARENT_RUN_ENV)
-    if from_env:
-        return from_env
+    tracking disabled, or the parent could not be created). The sweep folder's file
+    first: a worker process reused across sweeps (joblib's loky, Ray) may carry an
+    earlier sweep's environment variable."""
+    return sweep_file(PARENT_RUN_FILE) or os.environ.get(PARENT_RUN_ENV)
+
+
+def sweep_tracking_uri() -> str | None:
+    """The tracking URI the sweep's parent run was opened with (None outside a
+    multirun, or when the sweep opened none)."""
+    return sweep_file(TRACKING_URI_FILE)
+
+
+def sweep_file(name: str) -> str | None:
+    """The stripped text of ``<sweep dir>/<name>`` of the current multirun job, or None."""
     try:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
@@ -200,10 +243,10 @@ def parent_run_id() -> str | None:
         sweep_dir = Path(str(hydra_cfg.sweep.dir))
         if not sweep_dir.is_absolute():
             sweep_dir = Path(hydra_cfg.runtime.cwd or os.getcwd()) / sweep_dir
-        path = sweep_dir / PARENT_RUN_FILE
+        path = sweep_dir / name
         if not path.is_file():
             return None
         return path.read_text().strip() or None
     except Exception as exc:  # noqa: BLE001 - no parent is better than a crashed job
-        log.warning("MLflow: could not read the sweep's parent run id (%s)", exc)
+        log.warning("MLflow: could not read the sweep's %s (%s)", name, exc)
         return None

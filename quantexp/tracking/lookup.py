@@ -1,5 +1,6 @@
 """Find the MLflow run of a job from its output folder (the ``quantexp.output_dir``
-tag every run carries), for jobs that failed before writing results.json."""
+tag every run carries), for jobs that failed before writing results.json; end the
+run of a job whose process died (``fail_run_of_output_dir``)."""
 
 from __future__ import annotations
 
@@ -36,4 +37,22 @@ def run_id_for_output_dir(cfg: Any, project_root: Path, output_dir: str) -> str 
         return None
 
 
-__all__ = ["OUTPUT_DIR_TAG", "run_id_for_output_dir"]
+def fail_run_of_output_dir(cfg: Any, project_root: Path, output_dir: str, exc: BaseException) -> str | None:
+    """Mark FAILED (traceback.txt, ``error`` tag) the run of ``output_dir`` if it is still
+    RUNNING: its process died (a signal, os._exit) and never ended it. Returns its id."""
+    run_id = run_id_for_output_dir(cfg, project_root, output_dir)
+    if run_id is None:
+        return None
+    try:
+        from quantexp.tracking.run_logger import RunLogger
+
+        client, _ = open_client(OmegaConf.select(cfg, "tracking.uri", default=None), project_root,
+                                OmegaConf.select(cfg, "tracking.experiment", default="quantexp"))
+        if retry_locked(client.get_run, run_id).info.status == "RUNNING":
+            RunLogger.attach(client, run_id).fail(exc)
+    except Exception as tracking_exc:  # noqa: BLE001 - must not hide the job's own failure
+        log.warning("MLflow: could not mark run %s FAILED (%s)", run_id, tracking_exc)
+    return run_id
+
+
+__all__ = ["OUTPUT_DIR_TAG", "fail_run_of_output_dir", "run_id_for_output_dir"]

@@ -134,6 +134,13 @@ class RunLogger:
         self._ended = False
         self._not_measured: list[NotMeasured] = []
 
+    @classmethod
+    def attach(cls, client: MlflowClient, run_id: str) -> Self:
+        """A logger on a run another process opened (to end one whose process died)."""
+        logger = cls(client, "", "")
+        logger._run_id = run_id
+        return logger
+
     # ------------------------------------------------------------ lifecycle
     @property
     def run_id(self) -> str:

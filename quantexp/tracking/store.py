@@ -1,6 +1,7 @@
 """Where the MLflow store lives: tracking-URI resolution, the artifact root,
 get-or-create of the experiment, the file lock that serialises the creation of a
-sqlite schema, and the retry every sqlite call goes through.
+sqlite schema, the retry every sqlite call goes through, and ``store_lock``: a named
+lock shared by the processes using one store (sqlite, an Optuna journal, PostgreSQL).
 
 mlflow is imported inside the functions so that importing this module stays
 cheap (the Hydra callback imports it on every start).
@@ -96,6 +97,45 @@ def schema_lock(uri: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def store_lock(url: str | None, name: str) -> Iterator[bool]:
+    """Hold the lock ``name`` among every process using the store at ``url``: a file
+    lock beside a sqlite file or an Optuna journal file (``journal:///ABS/PATH``), a
+    PostgreSQL advisory lock (keyed by a hash of ``name``) for a PostgreSQL URL. Yields
+    False, holding nothing, for other stores."""
+    import hashlib
+
+    if not url:
+        yield False
+        return
+    path = sqlite_path(url) or (Path(url[len("journal://"):]) if url.startswith("journal:///") else None)
+    if path is not None:
+        from filelock import FileLock
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{path}.{hashlib.sha256(name.encode()).hexdigest()[:12]}.lock",
+                      timeout=_SCHEMA_LOCK_TIMEOUT_S):
+            yield True
+        return
+    if url.split(":", 1)[0].split("+")[0].lower() == "postgresql":
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import NullPool
+
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        engine = create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+                try:
+                    yield True
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            engine.dispose()
+        return
+    yield False
+
+
 def resolve_tracking_uri(configured: str | None, project_root: Path) -> str:
     """configured > $MLFLOW_TRACKING_URI > sqlite:///<abs project_root>/mlflow.db.
 
@@ -182,7 +222,15 @@ def open_client(configured_uri: str | None, project_root: Path,
     from mlflow.tracking import MlflowClient
 
     uri = resolve_tracking_uri(configured_uri, project_root)
+    # A tracking server chooses where artifacts go (its --artifacts-destination, served
+    # over HTTP to every worker); a local folder would only exist on the first client.
+    location = None if is_server_uri(uri) else artifact_root(project_root)
     with schema_lock(uri):
         client = MlflowClient(tracking_uri=uri)
-        experiment_id = ensure_experiment(client, experiment, artifact_root(project_root))
+        experiment_id = ensure_experiment(client, experiment, location)
     return client, experiment_id
+
+
+def is_server_uri(uri: str) -> bool:
+    """A tracking server (or a hosted one), as opposed to a store opened in-process."""
+    return uri.split(":", 1)[0].lower() in ("http", "https", "databricks")

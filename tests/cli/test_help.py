@@ -89,14 +89,14 @@ def test_quantexp_command_lists_its_subcommands(tmp_path):
     proc = run(["--help"], tmp_path, script=["-c", QUANTEXP])
     assert proc.returncode == 0, proc.stderr
     commands = re.findall(r"^  (\w+) +(\S.*)$", proc.stdout, re.MULTILINE)
-    assert [name for name, _ in commands] == ["run", "check", "report", "compare", "baseline", "history"]
+    assert [name for name, _ in commands] == ["run", "check", "report", "compare", "baseline", "history", "analyze", "recommend"]
 
 
 def test_quantexp_refuses_an_unknown_subcommand_in_one_line(tmp_path):
     proc = run(["frobnicate", "model=cnn"], tmp_path, script=["-c", QUANTEXP])
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown command 'frobnicate'; valid commands: run, check, report, compare, baseline, history"]
+        "error: unknown command 'frobnicate'; valid commands: run, check, report, compare, baseline, history, analyze, recommend"]
 
 
 def test_cfg_hydra_resolve(tmp_path):

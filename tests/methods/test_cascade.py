@@ -174,8 +174,8 @@ def test_run_py_refuses_out_of_range_before_any_model_loads(tmp_path):
     # a scenario runs on the cascade: another method has no scenario to run
     proc = run_py(["+scenario=drift", "method=ptq_static"], tmp_path, timeout=120)
     assert proc.returncode == 2 and proc.stderr.strip() == (
-        "error: In 'scenario/drift': ConfigKeyError raised while composing config: Key 'scenario' not in "
-        "'PTQStaticConfig'")
+        "error: +scenario=drift runs on method=cascade (conf/scenario/drift.yaml selects it), not "
+        "method=ptq_static: drop the method= override")
 
 
 # ------------------------------------------------------------ end to end, tiny

@@ -1,6 +1,7 @@
 """method=ptq_static on real zoo architectures through the Python API: every Linear and
 Conv becomes a torch.ao int8 kernel, the LSTM stays float, w4a8 keeps 4-bit values."""
 
+import pytest
 import torch
 
 import quantexp
@@ -39,16 +40,17 @@ def test_w4a8_stores_4bit_values_in_int8_kernels():
 
 
 class _GeluMLP(torch.nn.Module):
-    """in -> Linear -> GELU -> Dropout -> Linear -> ReLU -> Linear: only the second
-    Linear reads a GELU's output (through an eval-mode dropout)."""
+    """in -> Linear -> ReLU -> Linear -> GELU -> Dropout -> Linear -> Linear: only "down"
+    reads a GELU's output (through an eval-mode dropout), only "up" a ReLU's."""
 
     def __init__(self):
         super().__init__()
-        self.up, self.act, self.drop = torch.nn.Linear(16, 64), torch.nn.GELU(), torch.nn.Dropout(0.1)
-        self.down, self.relu, self.head = torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)
+        self.pre, self.relu, self.up = torch.nn.Linear(16, 16), torch.nn.ReLU(), torch.nn.Linear(16, 64)
+        self.act, self.drop = torch.nn.GELU(), torch.nn.Dropout(0.1)
+        self.down, self.head = torch.nn.Linear(64, 16), torch.nn.Linear(16, 4)
 
     def forward(self, x):
-        return self.head(self.relu(self.down(self.drop(self.act(self.up(x))))))
+        return self.head(self.down(self.drop(self.act(self.up(self.relu(self.pre(x)))))))
 
 
 def test_layers_after_finds_the_readers_of_an_activation():
@@ -57,22 +59,28 @@ def test_layers_after_finds_the_readers_of_an_activation():
     net = _GeluMLP().eval()
     x = (torch.randn(8, 16),)
     assert layers_after(net, ["gelu"], x) == ["down"]
-    assert layers_after(net, ["ReLU"], x) == ["head"]
+    assert layers_after(net, ["ReLU"], x) == ["up"]
     assert layers_after(net, [], x) == []
 
 
-def test_layers_after_a_gelu_stay_float_on_both_paths(tiny_bert):
+def test_a_layer_after_a_gelu_stays_float_or_runs_as_configured():
+    import torch.ao.nn.quantized.dynamic as nnqd
+
     torch.manual_seed(0)
-    net = _GeluMLP().eval()
-    q = quantexp.quantize(net, "ptq_static", calibration=torch.randn(64, 16))  # FX traces this one
-    assert q.info["path"] == "fx_graph_mode" and q.info["kept_float_layers"] == ["down"]
-    # fused with its ReLU (torch.ao.nn.intrinsic.LinearReLU), but float
-    assert "quantized" not in type(q.model.down).__module__ and q.info["quantized_layers"] == 2
-    q = quantexp.quantize(net, "ptq_static", calibration=torch.randn(64, 16), overrides=["method.float_after=[]"])
-    assert q.info["kept_float_layers"] == [] and q.info["quantized_layers"] == 3
+    net, x = _GeluMLP().eval(), torch.randn(64, 16)
+    q = quantexp.quantize(net, "ptq_static", calibration=x)  # FX traces this one
+    assert q.info["path"] == "fx_graph_mode" and q.info["outlier_layers"] == ["down"]
+    assert q.info["outlier_layers_as"] == "fp32" and type(q.model.down) is torch.nn.Linear
+    dyn = quantexp.quantize(net, "ptq_static", calibration=x, overrides=["method.outlier_layers=dynamic"])
+    assert isinstance(dyn.model.down, nnqd.Linear) and dyn.info["quantized_layers"] == q.info["quantized_layers"] + 1
+    static = quantexp.quantize(net, "ptq_static", calibration=x, overrides=["method.outlier_after=[]"])
+    assert static.info["outlier_layers"] == [] and "quantized" in type(static.model.down).__module__
+    with torch.no_grad():
+        assert (net(x).argmax(-1) == q.model(x).argmax(-1)).float().mean() >= 0.9
 
 
 def test_a_transformer_takes_the_eager_path_with_8bit_activations_checked_per_layer(tiny_bert):
+    import torch.ao.nn.quantized as nnq
     from transformers import AutoModel
 
     from quantexp.models.transformer.family import TextClassifier
@@ -83,9 +91,24 @@ def test_a_transformer_takes_the_eager_path_with_8bit_activations_checked_per_la
     q = quantexp.quantize(net, "ptq_static", calibration=(ids, torch.ones_like(ids)))
     assert q.info["path"] == "eager_per_layer" and q.info["reduce_range"] is False
     # two encoder layers: each FFN down-projection reads the GELU and stays fp32
-    assert q.info["kept_float_layers"] == [f"encoder.encoder.layer.{i}.output.dense" for i in range(2)]
-    assert q.info["quantized_layers"] == 2 * 5 + 2  # q, k, v, attention out, FFN up per layer; pooler; head
+    downs = [f"encoder.encoder.layer.{i}.output.dense" for i in range(2)]
+    assert q.info["outlier_layers"] == downs and all(type(q.model.get_submodule(n)) is torch.nn.Linear for n in downs)
+    # q, k, v, attention out, FFN up per layer; the pooler; the head
+    assert q.info["quantized_layers"] == 2 * 5 + 2 and q.info["float_layers_left"] == 2
+    # word, position and token-type embeddings: int8 weight-only
+    assert q.info["int8_embeddings"] == 3 and isinstance(q.model.encoder.embeddings.word_embeddings.quantized, nnq.Embedding)
     assert set(q.info["reduce_range_layers"]) <= {n for n, _ in q.model.named_modules()}
     with torch.no_grad():
         agree = (net(ids, torch.ones_like(ids)).argmax(-1) == q.model(ids, torch.ones_like(ids)).argmax(-1)).float()
     assert agree.mean() >= 0.9
+
+
+def test_torch_only_layers_are_refused_for_other_exporters():
+    from quantexp.api import compose, validate
+    from quantexp.config import ConfigError
+
+    assert validate(compose(["method=ptq_static", "exporter=onnx"])).method.embeddings == "fp32"  # auto, resolved
+    assert validate(compose(["method=ptq_static"])).method.embeddings == "int8"
+    for setting in ("method.embeddings=int8", "method.outlier_layers=dynamic"):
+        with pytest.raises(ConfigError, match="needs exporter=none"):
+            validate(compose(["method=ptq_static", "exporter=onnx", setting]))

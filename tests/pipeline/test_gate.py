@@ -38,8 +38,8 @@ def test_no_gate_and_no_measurement_pass_nothing():
 
 def test_a_failed_gate_fails_the_process_when_asked(tmp_path):
     # A real failure: QAT from scratch for one epoch at lr 1e-6 barely moves the random
-    # initialisation, against an fp32 CNN trained for three epochs.
-    args = ["model=cnn", "model.epochs=3", "model.n_train=1000", "model.n_test=200", "+debug=tiny",
+    # initialisation, against an fp32 CNN trained for two epochs.
+    args = ["model=cnn", "model.epochs=2", "model.n_train=500", "model.n_test=200", "+debug=tiny",
             "tracking.enabled=false", "method=qat", "method.epochs=1", "method.lr=1e-6",
             "eval.max_accuracy_drop=0"]
     proc = run_py([*args, "eval.gate_fails_run=true"], tmp_path)

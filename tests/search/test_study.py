@@ -5,6 +5,9 @@ change it. Also what counts as done on resume (a real Optuna study in sqlite).""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
@@ -100,3 +103,46 @@ def test_resumable_sweeper_counts_done_trials_and_moves_the_seed_on(tmp_path):
     ours = [resumed.sweeper.sampler.sample_independent(study, t, "x", dist) for t in study.get_trials()[:1]]
     assert ours == [reference.sample_independent(study, t, "x", dist) for t in study.get_trials()[:1]]
     assert sweeper(1).sweeper.n_trials == 0  # a total already reached: nothing to run
+
+
+def test_only_trials_of_dead_processes_are_marked_interrupted(tmp_path):
+    import json
+    import socket
+    import time
+
+    import optuna
+
+    from quantexp.search.shared import GRACE_S, HEARTBEAT_ATTR, OWNER_ATTR, owner, stamp
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    mine = study.ask()
+    stamp(mine, owner())  # this process: alive
+    gone = study.ask()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone.set_user_attr(OWNER_ATTR, json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout),
+                                               "started": 0.0}))
+    remote_live, remote_silent = study.ask(), study.ask()
+    for trial, beat in ((remote_live, time.time()), (remote_silent, time.time() - GRACE_S - 1)):
+        trial.set_user_attr(OWNER_ATTR, json.dumps({"host": "another-node", "pid": 1, "started": 0.0}))
+        trial.set_user_attr(HEARTBEAT_ATTR, beat)
+    assert mark_interrupted(study) == 2
+    states = {t.number: (t.state.name, t.user_attrs.get(INTERRUPTED_ATTR)) for t in study.get_trials()}
+    assert states == {0: ("RUNNING", None), 1: ("FAIL", True), 2: ("RUNNING", None), 3: ("FAIL", True)}
+
+
+def test_claims_stop_at_the_studys_total_across_processes(tmp_path):
+    import optuna
+
+    from quantexp.search.shared import claim, open_storage
+
+    url = f"journal:///{tmp_path}/j/study.log"  # the folder does not exist yet
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    other = optuna.load_study(study_name="s", storage=open_storage(url))  # a second process's view
+    seen = []
+    first = claim(study, url, total=5, batch=2, before_ask=seen.append)
+    second = claim(other, url, total=5, batch=2, before_ask=seen.append)
+    third = claim(study, url, total=5, batch=2, before_ask=seen.append)  # one slot left
+    assert [t.number for t in first + second + third] == [0, 1, 2, 3, 4] and seen == [0, 2, 4]
+    assert claim(other, url, total=5, batch=2) == []  # running trials of a live process count
+    study.tell(first[0], state=optuna.trial.TrialState.FAIL)  # a trial that really failed: done
+    assert claim(other, url, total=5, batch=2) == []

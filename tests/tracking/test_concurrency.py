@@ -46,8 +46,9 @@ with RunLogger(client, exp, "worker " + sys.argv[2]) as run:
 """
 
 
-def start_workers(tmp: Path, n: int) -> list[subprocess.Popen]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+def start_workers(tmp: Path, n: int, uri: str | None = None) -> list[subprocess.Popen]:
+    """``n`` processes each opening one run in ``uri`` (default: a sqlite file in ``tmp``)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": uri or f"sqlite:///{tmp}/mlflow.db"}
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(tmp), str(i)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(n)]

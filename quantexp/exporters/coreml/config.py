@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any, ClassVar, Optional
@@ -89,6 +90,9 @@ class CoreMLExporterConfig(ExporterConfig):
                 f"exporter.weight_compression=int4_block needs block-wise int4 ops, which "
                 f"deployment_target={self.deployment_target.value} lacks; valid deployment_target "
                 f"values for int4_block: {', '.join(sorted(t.value for t in COREML_BLOCKWISE_TARGETS))}")
+
+    def unmeasurable_reason(self) -> str | None:
+        return None if sys.platform == "darwin" else "Core ML prediction needs macOS"
 
     def check(self, exp: "ExperimentConfig") -> dict[str, Any]:
         if self.weight_compression != WeightCompression.none and exp.method.name != "fp32":

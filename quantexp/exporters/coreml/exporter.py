@@ -36,7 +36,6 @@ import io
 import logging
 import re
 import shutil
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -54,7 +53,6 @@ from quantexp.exporters.coreml.config import (
 )
 from quantexp.files import atomic_path
 
-NOT_MEASURED = "Core ML prediction needs macOS"
 OUTPUT_NAME = "logits"
 # Unsupported-op messages of coremltools 9 (torch.export and TorchScript frontends).
 _UNSUPPORTED = [re.compile(r"Unsupported fx node \S+, kind (\S+)"),
@@ -284,18 +282,17 @@ class CoreMLExporter(Exporter):
         summary = inspect_package(path, spec)
         info = dict(info)
         info.update(validate_package(summary, self.cfg.compute_precision, compression, expect_int8))
-        runtime, not_measured = None, None
-        if sys.platform == "darwin":  # Core ML itself: compile and load with the compute units
+        runtime, not_measured = None, self.cfg.unmeasurable_reason()
+        if not_measured is None:  # macOS: Core ML itself compiles and loads with the compute units
             from quantexp.exporters.coreml.runtime import CoreMLRuntime
 
             runtime = CoreMLRuntime(path, self.compute_units, summary)
         else:
-            not_measured = NOT_MEASURED
             info["runtime"] = "coreml (not run)"
         loaded = time.perf_counter()
         report = ane_report(summary, self.compute_units, self.cfg.compute_precision.value,
                             self.cfg.deployment_target.value,
-                            not_placed_reason=None if runtime else NOT_MEASURED)
+                            not_placed_reason=not_measured)
         reports = report.write(path.with_suffix(""))
         info.update({"ane.verdict": report.verdict, "ane.compute_ops": report.compute_ops,
                      "ane.ops_flagged": report.ops_flagged,
@@ -386,4 +383,4 @@ def validate_package(summary, precision: ComputePrecision,
     }
 
 
-__all__ = ["NOT_MEASURED", "CoreMLExporter", "CoreMLValidationError", "validate_package"]
+__all__ = ["CoreMLExporter", "CoreMLValidationError", "validate_package"]

@@ -37,6 +37,8 @@ def _value(v: Any) -> str:
 class Cascade(QuantizationMethod):
     # The low method may calibrate, and the router's input range comes from the same set.
     needs_calibration = True
+    # the escalation threshold is solved against labels on held-out training items
+    needs_labels = True
 
     def __init__(self, cfg, precision, host):
         super().__init__(cfg, precision, host)

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from quantexp.config import ConfigError, MethodConfig
+
+if TYPE_CHECKING:
+    from quantexp.config import ExperimentConfig
+
+OUTLIER_MODES = ("fp32", "dynamic", "static")
+EMBEDDING_MODES = ("auto", "int8", "fp32")
 
 
 @dataclass
@@ -22,14 +28,38 @@ class PTQStaticConfig(MethodConfig):
     # onnx: torch.onnx exports the int8 model as a QDQ graph (int8 weights, calibrated
     # activation scales) that ONNX Runtime runs (see exporters/onnx.py).
     exporters: ClassVar[frozenset[str]] = MethodConfig.exporters | {"tflite", "coreml", "onnx"}
-    # Layers that read the output of these activations stay fp32: a GELU's output has a
-    # few channels far larger than the rest, which one per-tensor int8 scale cannot hold
-    # (MiniLM's FFN down-projections: -2.95 points with them in int8, -0.35 without;
-    # README, "Static int8 on a transformer"). Matched against the activation module's
-    # class name, case-insensitively ("gelu" matches nn.GELU and HF's GELUActivation).
-    float_after: list[str] = field(default_factory=lambda: ["gelu"])
+    # Layers that read the output of these activations get special treatment: a GELU's
+    # output has a few channels far larger than the rest, which one static per-tensor
+    # int8 scale cannot hold (MiniLM's FFN down-projections: -2.95 points in static
+    # int8). Matched against the activation module's class name, case-insensitively
+    # ("gelu" matches nn.GELU and HF's GELUActivation). README: "Static int8 on a transformer".
+    outlier_after: list[str] = field(default_factory=lambda: ["gelu"])
+    # How those layers run: fp32; dynamic (int8 weights, the activation scale computed per
+    # batch at run time; exporter=none only; MiniLM: -1.70 points, as fbgemm's dynamic
+    # kernels use 7-bit activations on AVX2); or static like the rest.
+    outlier_layers: str = "fp32"
+    # Embedding tables: int8 weight-only (a float scale and offset per row), or fp32.
+    # auto: int8 with exporter=none, fp32 for other exporters.
+    embeddings: str = "auto"
 
     def validate(self) -> None:
         super().validate()
-        if any(not name.strip() for name in self.float_after):
-            raise ConfigError("method.float_after names activation classes (e.g. [gelu]); got an empty name")
+        if any(not name.strip() for name in self.outlier_after):
+            raise ConfigError("method.outlier_after names activation classes (e.g. [gelu]); got an empty name")
+        for key, allowed in (("outlier_layers", OUTLIER_MODES), ("embeddings", EMBEDDING_MODES)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"method.{key}={getattr(self, key)!r}; valid: {', '.join(allowed)}")
+
+    def check(self, exp: "ExperimentConfig") -> dict[str, Any]:
+        """Resolves auto from the exporter; refuses torch.ao-only layers for other exporters."""
+        torch_artifact = exp.exporter.name == "none"
+        resolved: dict[str, Any] = {}
+        for key, native, portable in (("outlier_layers", "dynamic", "fp32"), ("embeddings", "int8", "fp32")):
+            # (outlier_layers is never auto: fp32 is its default on every exporter)
+            value = getattr(self, key)
+            if value == "auto":
+                resolved[key] = native if torch_artifact else portable
+            elif value == native and not torch_artifact:
+                raise ConfigError(f"method.{key}={value} needs exporter=none (torch.ao's {value} layers do not "
+                                  f"export to {exp.exporter.name}); use method.{key}={portable} or auto")
+        return resolved
