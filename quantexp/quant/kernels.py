@@ -22,8 +22,11 @@ Measurements are cached on disk per host (ISA flags, CPU model, torch version,
 quantized engine, threads) and per layer signature (type, configuration, input shape)
 and dtype: ``<cache_dir>/kernels/<host>/<entry>.json``, so a search or a rerun times
 each kernel once. A noisy measurement (CI half-width over 10%: a busy host) is used
-but not cached; each entry records the load average it was measured under. Delete
-the folder to measure again. The table's latencies are also
+but not cached, and so is one taken while the host was busy (1-minute load average
+above its usable cores: with two OpenMP threads and a third process running, a 64x10
+Linear took 8 ms a call instead of 8 us - every kernel then measures the scheduler);
+each entry records the load average it was measured under. Delete the folder to
+measure again. The table's latencies are also
 what the solver's latency objective adds up (``KernelTable.ms``).
 """
 
@@ -79,6 +82,7 @@ class KernelTiming:
     ci_high: float = math.nan
     noisy: bool = False
     cached: bool = False
+    busy: bool = False  # measured while the host was busy: used, not cached
     # static int8, kernel alone (quint8 in and out): what a layer inside an int8 region costs
     core_speedup: float = math.nan
     core_ci_low: float = math.nan
@@ -227,13 +231,25 @@ class KernelTable:
                 "kernels.isa": ",".join(self.host.get("isa", [])) or "none detected"}
 
 
+def host_busy(max_load: float | None = None) -> bool:
+    """Whether the 1-minute load average is above ``max_load`` (default: the cores this
+    process may use)."""
+    if not hasattr(os, "getloadavg"):
+        return False
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return os.getloadavg()[0] > (cores if max_load is None else max_load)
+
+
 def kernel_table(model: nn.Module, example: tuple[torch.Tensor, ...], dtypes: Iterable[str], *,
                  cache_dir: Path | None, isa: Iterable[str], threads: int | None = None,
-                 engine: str | None = None, graph: bool = False, **timing: Any) -> KernelTable:
+                 engine: str | None = None, graph: bool = False, max_load: float | None = None,
+                 **timing: Any) -> KernelTable:
     """Every assignable layer of ``model`` x every dtype in ``dtypes`` it supports:
     ISA check, then a cached or fresh interleaved micro-benchmark on the input the
     layer receives from ``example`` (use the deployment batch size). ``graph``: the
-    mixed model will be built in graph mode (static int8 judged by its kernel alone)."""
+    mixed model will be built in graph mode (static int8 judged by its kernel alone).
+    ``max_load``: above this 1-minute load average a fresh timing is not cached
+    (default: the usable cores)."""
     isa = list(isa)
     host = host_key(isa, threads or torch.get_num_threads(), engine or torch.backends.quantized.engine)
     cache = KernelCache(cache_dir, host)
@@ -262,8 +278,9 @@ def kernel_table(model: nn.Module, example: tuple[torch.Tensor, ...], dtypes: It
             except Exception as exc:  # noqa: BLE001 - a kernel that fails here is not offered
                 rows.append(KernelTiming(name, dtype, signature, False, f"failed: {type(exc).__name__}: {exc}"))
                 continue
+            timing_row["busy"] = host_busy(max_load)
             fresh[key] = timing_row
-            if not timing_row["noisy"]:  # a busy host's timing is used once, never kept
+            if not timing_row["noisy"] and not timing_row["busy"]:  # used once, never kept
                 cache.put(*key, timing_row)
         rows.append(_row(name, dtype, signature, timing_row, core, cached))
     return KernelTable(rows, host)
@@ -278,9 +295,11 @@ def _row(name: str, dtype: str, signature: str, t: Mapping[str, Any], core: bool
            f"[{t[prefix + 'ci_low']:.2f}, {t[prefix + 'ci_high']:.2f}]{': slower' if slower else ''}"
            f"{', noisy' if t['noisy'] else ''}")
     extra = {k: t[k] for k in ("core_speedup", "core_ci_low", "core_ci_high") if k in t}
+    why += ", host busy" if t.get("busy") else ""
     return KernelTiming(name, dtype, signature, not slower, why, t["fp32_ms"], t["ms"], t["speedup"], t["ci_low"],
-                        t["ci_high"], bool(t["noisy"]), cached, **extra)
+                        t["ci_high"], bool(t["noisy"]), cached, bool(t.get("busy")), **extra)
 
 
-__all__ = ["ISA_NEEDS", "KernelCache", "KernelTable", "KernelTiming", "host_key", "isa_reason", "kernel_table",
+__all__ = ["ISA_NEEDS", "KernelCache", "KernelTable", "KernelTiming", "host_busy", "host_key", "isa_reason",
+           "kernel_table",
            "layer_inputs", "layer_signature", "measure_kernel"]

@@ -14,6 +14,8 @@ from quantexp.quant.kernels import KernelCache, host_key, isa_reason, kernel_tab
 
 FAST = {"warmup": 1, "min_rounds": 4, "min_iters": 4, "min_seconds": 0.0, "max_seconds": 0.5}
 AVX2 = ["avx2", "fma"]
+# the caching mechanics, whatever the load: no timing counts as noisy or busy
+STEADY = {**FAST, "noisy_pct": 1e9, "max_load": math.inf}
 
 
 class Net(nn.Module):
@@ -65,11 +67,17 @@ def test_a_cpu_without_half_precision_is_never_offered_fp16_or_bf16(tmp_path):
 
 def test_timings_are_cached_per_host_and_shape(tmp_path):
     model, example = _net()
-    first = kernel_table(model, example, ["int8"], cache_dir=tmp_path, isa=AVX2, threads=1, **FAST)
-    kept = [r for r in first.rows if not r.noisy]  # a noisy timing (busy host) is never cached
+    first = kernel_table(model, example, ["int8"], cache_dir=tmp_path, isa=AVX2, threads=1, **STEADY)
+    kept = first.rows
+    assert kept and not any(r.noisy or r.busy for r in kept)
     files = list((tmp_path / "kernels").rglob("*.json"))
     assert len(files) == len(kept)
-    again = kernel_table(model, example, ["int8"], cache_dir=tmp_path, isa=AVX2, threads=1, **FAST)
+    # a timing taken while the host is busy (load above max_load) is used, never kept
+    busy_dir = tmp_path / "busy"
+    busy = kernel_table(model, example, ["int8"], cache_dir=busy_dir, isa=AVX2, threads=1, max_load=-1.0, **FAST)
+    assert all(r.busy and "host busy" in r.reason for r in busy.rows)
+    assert not list((busy_dir / "kernels").rglob("*.json"))
+    again = kernel_table(model, example, ["int8"], cache_dir=tmp_path, isa=AVX2, threads=1, **STEADY)
     by_layer = {r.layer: r for r in again.rows}
     for row in kept:
         assert by_layer[row.layer].cached and by_layer[row.layer].speedup == row.speedup
