@@ -21,7 +21,7 @@ Speed figures mean something only on a quiet machine: the load average is printe
 before and after, flagged when above half the cores.
 
     .venv/bin/python benchmarks/mixed_precision.py [--models cnn,minilm] [--max-drop 1.0]
-        [--model-cache DIR] [--kernel-cache DIR] [--json out.json]
+        [--model-cache DIR] [--kernel-cache DIR] [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def one_model(name: str, args) -> dict:
     from quantexp.quant.qconfig import build_qconfig
 
     overrides = [f"model={name}", "method=mixed", "method.strategy=auto",
-                 f"method.budget.max_accuracy_drop={args.max_drop}"]
+                 f"method.budget.max_accuracy_drop={args.max_drop}",
+                 *([f"hardware.threads={args.threads}"] if args.threads else [])]
     exp = validate(compose(overrides))
     host = probe_host(exp.hardware)
     bundle = load_model(exp.model, exp.seed, Path(args.model_cache))
@@ -116,7 +117,8 @@ def one_model(name: str, args) -> dict:
                                          "verdict": s.verdict}
     wall = {"quantize_s": quantize_s, "sensitivity_s": info.get("sensitivity.wall_s"),
             "sensitivity_evaluation_s": info.get("sensitivity.evaluation_s"),
-            "hessian_s": info.get("sensitivity.hessian_s")}
+            "hessian_s": info.get("sensitivity.hessian_s"), "hessian_probes": info.get("sensitivity.hessian_probes"),
+            "items": info.get("sensitivity.items")}
     return {"model": name, "rows": rows, "speed": speed, "wall": wall, "assignment": info.get("assignment"),
             "kernels_offered": info.get("kernels.offered"), "kernels_from_cache": info.get("kernels.from_cache"),
             "build_path": info.get("build_path"), "threads": host.threads, "batch_size": exp.bench.batch_size}
@@ -135,7 +137,8 @@ def show(r: dict) -> None:
     w = r["wall"]
     print(f"quantize (kernel table + sensitivity + solve + build): {w['quantize_s']:.1f} s; "
           f"sensitivity {w['sensitivity_s'] or float('nan'):.1f} s (one layer at a time "
-          f"{w['sensitivity_evaluation_s'] or float('nan'):.1f} s, Hessian {w['hessian_s'] or float('nan'):.1f} s)")
+          f"{w['sensitivity_evaluation_s'] or float('nan'):.1f} s on {w['items']} items, Hessian "
+          f"{w['hessian_s'] or float('nan'):.1f} s, {w['hessian_probes']} probes)")
     print(f"kernels offered: {r['kernels_offered']} ({r['kernels_from_cache']} timings from cache)")
     print(f"assignment: {r['assignment']}")
 
@@ -146,6 +149,7 @@ def main() -> None:
     parser.add_argument("--max-drop", type=float, default=1.0)
     parser.add_argument("--model-cache", default=str(ROOT / ".cache" / "quantexp"))
     parser.add_argument("--kernel-cache", default=str(ROOT / ".cache" / "quantexp"))
+    parser.add_argument("--threads", type=int, default=0, help="hardware.threads (0: the config's)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     before = load_note()

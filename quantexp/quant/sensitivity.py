@@ -270,6 +270,7 @@ def run_sensitivity(bundle: ModelBundle, analysis: Split, choices: list[str] | N
                                         max_items=hessian_items, rel_tol=hessian_tol,
                                         cut_padding=trimmed is not None)
         report.facts["hessian_s"] = time.perf_counter() - t0
+        report.facts["hessian_probes"] = max((r["hessian_samples"] for r in report.hessian), default=0)
     report.agreement = agreement_of(report)
     if plot:
         report.figure = plot_sensitivity(report)
@@ -318,6 +319,13 @@ def hessian_scores(model: nn.Module, split: Split, layers: dict[str, nn.Module],
         sub = type(sub)((ids[:, :longest], mask[:, :longest]), sub.labels, sub.ids)
     model = model.train(False)
     params = {n: [p for p in m.parameters()] for n, m in layers.items()}
+    perturbation = {}
+    for name, module in layers.items():
+        ref = dtype if dtype in supported_dtypes(module) else "int8"
+        perturbation[name] = (ref, sum(float((fake_quantize_weight(p, ref) - p.detach()).pow(2).sum())
+                                       for pn, p in module.named_parameters() if "weight" in pn))
+    # early stop on the HAWQ scores' scale (trace / n_params * perturbation)
+    weights = {n: perturbation[n][1] / max(sum(p.numel() for p in params[n]), 1) for n in layers}
     flags = {id(p): p.requires_grad for ps in params.values() for p in ps}
     for ps in params.values():
         for p in ps:
@@ -332,16 +340,14 @@ def hessian_scores(model: nn.Module, split: Split, layers: dict[str, nn.Module],
         with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             traces = hutchinson_trace(lambda: F.cross_entropy(model(*sub.inputs), sub.labels),
                                       params, n_samples=n_samples, seed=seed, rel_tol=rel_tol,
-                                      progress="sensitivity: Hessian probes")
+                                      progress="sensitivity: Hessian probes", weights=weights)
     finally:
         for ps in params.values():
             for p in ps:
                 p.requires_grad_(flags[id(p)])
     rows = []
-    for name, module in layers.items():
-        ref = dtype if dtype in supported_dtypes(module) else "int8"
-        pert = sum(float((fake_quantize_weight(p, ref) - p.detach()).pow(2).sum())
-                   for pn, p in module.named_parameters() if "weight" in pn)
+    for name in layers:
+        ref, pert = perturbation[name]
         t = traces[name]
         rows.append({"layer": name, "n_params": t.n_params, "hessian_trace": t.trace,
                      "hessian_trace_stderr": t.std_err, "trace_per_param": t.per_param,

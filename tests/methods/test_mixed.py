@@ -59,6 +59,29 @@ def test_hutchinson_stops_early_once_the_standard_error_is_small():
     assert abs(est["x"].trace - float(torch.trace(a))) <= 4 * est["x"].std_err
 
 
+
+def test_hutchinson_weighted_stop_settles_a_near_zero_trace():
+    """An indefinite block whose trace is ~0 has no relative error to converge to: alone it
+    runs every probe; weighted by its share of the score scale it stops early."""
+    torch.manual_seed(0)
+    m = torch.randn(20, 20, dtype=torch.float64)
+    big = m @ m.T  # trace ~400, settles within 10% after a few dozen probes
+    sym = torch.randn(20, 20, dtype=torch.float64)
+    sym = sym + sym.T
+    sym = sym - torch.eye(20, dtype=torch.float64) * torch.trace(sym) / 20  # trace exactly 0, dense
+    x = torch.randn(20, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(20, dtype=torch.float64, requires_grad=True)
+
+    def loss():
+        return 0.5 * x @ big @ x + 0.5 * y @ sym @ y
+    groups = {"x": [x], "y": [y]}
+    plain = hutchinson_trace(loss, groups, n_samples=200, rel_tol=0.1, seed=3)
+    assert plain["y"].n_samples == 200  # the zero trace never settles relatively
+    weighted = hutchinson_trace(loss, groups, n_samples=200, rel_tol=0.1, seed=3, weights={"x": 1.0, "y": 1.0})
+    assert weighted["x"].n_samples < 200
+    assert weighted["x"].std_err <= 0.1 * abs(weighted["x"].trace)
+    assert weighted["y"].std_err <= 0.1 * abs(weighted["x"].trace)
+
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
