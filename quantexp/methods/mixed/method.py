@@ -67,7 +67,7 @@ class MixedPrecision(QuantizationMethod):
         info: dict[str, Any] = {"strategy": _value(cfg.strategy), "n_layers": len(layers)}
         tables: dict[str, list[dict[str, Any]]] = {}
         figures: dict[str, str] = {}
-        from quantexp.quant.solver import Budget, solve
+        from quantexp.quant.solver import Budget
 
         budget = Budget(cfg.budget.max_accuracy_drop, cfg.budget.max_size_mb, cfg.budget.max_latency_ms)
         if budget.items():  # re-checked on the measured numbers (check_measured)
@@ -99,17 +99,16 @@ class MixedPrecision(QuantizationMethod):
         if auto:
             candidates = {layer: {d: v for d, v in options.items() if d in offered[layer]}
                           for layer, options in report.candidates.items()}
-            solver_budget = budget
+            cap = None
             if cfg.max_latency_vs_int8 is not None:
                 cap = cfg.max_latency_vs_int8 * uniform_int8_latency(report.base, table.ms, layers)
                 info["predicted.uniform_int8_latency_ms"] = cap / cfg.max_latency_vs_int8
                 info["latency_cap_ms"] = cap
-                solver_budget = Budget(budget.max_accuracy_drop, budget.max_size_mb,
-                                       min(cap, budget.max_latency_ms or cap))
-            result = solve(candidates, report.base, solver_budget, objective=_value(cfg.objective))
+            result, cap_status = solve_capped(candidates, report.base, budget, cap, _value(cfg.objective))
+            if cap_status:
+                info["latency_cap"] = cap_status
             if not result.met:
-                raise ConfigError(f"no configuration meets {solver_budget}; closest: "
-                                  f"{result.describe_closest()}")
+                raise ConfigError(f"no configuration meets {budget}; closest: {result.describe_closest()}")
             assignment = result.assignment
             info.update({f"predicted.{k}": v for k, v in result.predicted.items()})
             info["solver"] = result.solver
@@ -149,6 +148,25 @@ class MixedPrecision(QuantizationMethod):
         if budget is None:
             return {}
         return budget.check_measured(candidate, comparison)
+
+
+def solve_capped(candidates, base, budget, cap: float | None, objective: str):
+    """``solve`` under ``budget`` and predicted latency <= ``cap`` (the uniform int8
+    model's). When the budget needs layers int8 cannot keep (uniform int8 itself misses
+    the accuracy budget, so fp32 layers cost time) no assignment may meet both: then the
+    fastest assignment that meets ``budget``, with the status saying so (it is more
+    accurate than uniform int8). Returns (result, cap status or "" without a cap)."""
+    from quantexp.quant.solver import Budget, solve
+
+    if cap is None:
+        return solve(candidates, base, budget, objective=objective), ""
+    capped = Budget(budget.max_accuracy_drop, budget.max_size_mb,
+                    cap if budget.max_latency_ms is None else min(cap, budget.max_latency_ms))
+    result = solve(candidates, base, capped, objective=objective)
+    if result.met:
+        return result, "met"
+    return (solve(candidates, base, budget, objective="latency"),
+            "not met: the budget needs layers int8 cannot keep; fastest that meets it")
 
 
 def uniform_int8_latency(base: dict[str, float], kernel_ms: dict[str, dict[str, float]], layers) -> float:
