@@ -11,7 +11,9 @@ mixed-precision solver and search offer a (layer, dtype) only where:
 2. a micro-benchmark of the layer as the mixed model runs it (``one_layer`` /
    static int8 between its own quantize and dequantize), on the input the layer
    receives at the deployment batch size, is not significantly slower than the
-   fp32 layer: timed interleaved against it (``quantexp.bench.interleaved``), the
+   fp32 layer - or slower by an immaterial amount (``IMMATERIAL``: at most 0.5% of all
+   the layers' fp32 time; MiniLM's int8 embedding lookups cost 17 us more than fp32 on
+   a ~100 ms model and save 35 MB; the latency objective still counts the delta): timed interleaved against it (``quantexp.bench.interleaved``), the
    speed-up's 95% CI must reach 1.0. In a model built in graph mode (``graph=True``:
    consecutive int8 layers share one quantized region) a static int8 layer is judged
    by its kernel alone (quint8 in, quint8 out), also timed: inside a region it pays
@@ -57,6 +59,7 @@ KERNELS_VERSION = 1
 ISA_NEEDS = {"fp16": ("avx512_fp16", "amx_fp16", "neon_fp16"),
              "bf16": ("avx512_bf16", "amx_bf16", "neon_bf16")}
 # Timing budget per (layer, dtype): enough rounds for a CI, short enough for ~10 shapes.
+IMMATERIAL = 0.005
 TIMING = {"warmup": 3, "min_rounds": 8, "min_iters": 16, "min_seconds": 0.2, "max_seconds": 3.0}
 
 
@@ -283,7 +286,19 @@ def kernel_table(model: nn.Module, example: tuple[torch.Tensor, ...], dtypes: It
             if not timing_row["noisy"] and not timing_row["busy"]:  # used once, never kept
                 cache.put(*key, timing_row)
         rows.append(_row(name, dtype, signature, timing_row, core, cached))
+    _allow_immaterial(rows)
     return KernelTable(rows, host)
+
+
+def _allow_immaterial(rows: list[KernelTiming], share: float = IMMATERIAL) -> None:
+    """Offer the kernels measured slower by at most ``share`` of all layers' fp32 time."""
+    fp32 = {r.layer: r.fp32_ms for r in rows if not math.isnan(r.fp32_ms)}
+    total = sum(fp32.values())
+    for r in rows:
+        extra = r.ms - r.fp32_ms
+        if not r.offered and ": slower" in r.reason and total > 0 and extra <= share * total:
+            r.offered = True
+            r.reason += f"; +{extra * 1000:.0f} us is {100 * extra / total:.2f}% of the layers' time: immaterial"
 
 
 def _row(name: str, dtype: str, signature: str, t: Mapping[str, Any], core: bool, cached: bool) -> KernelTiming:

@@ -23,9 +23,9 @@ def test_auto_mixed_run_chooses_only_kernels_measured_fast_here(tmp_path):
     for row in kernels:
         if row["dtype"] in ("fp16", "bf16") and not isa & {"avx512_fp16", "avx512_bf16", "amx_fp16", "amx_bf16"}:
             assert not row["offered"] and "ISA" in row["reason"] and math.isnan(row["speedup"])
-        if row["offered"] and not row["cached"]:  # timed here: not significantly slower than fp32
+        if row["offered"] and not row["cached"]:  # timed here: not significantly (or materially) slower
             high = row["core_ci_high"] if not math.isnan(row["core_ci_high"]) else row["ci_high"]
-            assert high >= 1.0, row
+            assert high >= 1.0 or "immaterial" in row["reason"], row
     # the solver only chose kernels offered on this host, and the model runs them
     for row in tables["precision_assignment"]:
         assert row["assigned"] == "fp32" or (row["layer"], row["assigned"]) in offered, row

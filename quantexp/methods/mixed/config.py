@@ -37,7 +37,9 @@ class MixedPrecisionConfig(MethodConfig):
     # Hutchinson probes at most (0: skip the Hessian score); sampling stops earlier once
     # every layer's trace has a standard error below hessian_tol * |trace|. 8 probes left
     # the CNN's small layers at +-86% (conv1) and swapped two layers of the ranking.
-    hessian_samples: int = 64
+    # null: 64, or 16 for the transformer family (a probe through MiniLM costs ~5 s on
+    # this busy 2-core host, and its indefinite Hessian never settled within 64 probes)
+    hessian_samples: Optional[int] = None
     hessian_tol: Optional[float] = 0.1
     # calibration items in the loss whose Hessian is estimated (null: 256, or 16 for the
     # transformer family, whose double backward through attention costs ~5 forward passes)
@@ -61,7 +63,7 @@ class MixedPrecisionConfig(MethodConfig):
             if dtype not in MIXED_DTYPES:
                 raise ConfigError(f"method=mixed cannot assign {dtype.value}; valid dtypes: "
                                   f"{', '.join(d.value for d in MIXED_DTYPES)}")
-        if self.hessian_samples < 0:
+        if self.hessian_samples is not None and self.hessian_samples < 0:
             raise ConfigError(f"method.hessian_samples must be >= 0, got {self.hessian_samples}")
         if self.hessian_tol is not None and self.hessian_tol <= 0:
             raise ConfigError(f"method.hessian_tol must be > 0 or null, got {self.hessian_tol}")

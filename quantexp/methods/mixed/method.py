@@ -29,7 +29,8 @@ from quantexp.quant.mixed_layers import (
 )
 from quantexp.quant.qconfig import build_qconfig
 
-TRANSFORMER_ITEMS = {"hessian_items": 16, "sensitivity_items": 64}
+TRANSFORMER_ITEMS = {"hessian_items": 16, "sensitivity_items": 64, "hessian_samples": 16}
+DEFAULTS = {"hessian_items": 256, "sensitivity_items": None, "hessian_samples": 64}
 
 
 def _value(d: Any) -> str:
@@ -49,7 +50,7 @@ class MixedPrecision(QuantizationMethod):
         value = getattr(self.cfg, key)
         if value is None and bundle.family == "transformer":
             return TRANSFORMER_ITEMS[key]
-        return value if value is not None or key == "sensitivity_items" else 256
+        return value if value is not None else DEFAULTS[key]
 
     def _kernel_table(self, bundle, dtypes):
         from quantexp.quant.fx_regions import graph_mode_possible
@@ -87,7 +88,7 @@ class MixedPrecision(QuantizationMethod):
 
             report = run_sensitivity(
                 bundle, calibration, choices=sorted({d for ds in offered.values() for d in ds} - {"fp32"} | {"int8"}),
-                offered=offered, reduce_range=False, hessian_samples=cfg.hessian_samples,
+                offered=offered, reduce_range=False, hessian_samples=self._items("hessian_samples", bundle),
                 hessian_tol=cfg.hessian_tol, hessian_items=self._items("hessian_items", bundle),
                 max_items=self._items("sensitivity_items", bundle), measure_latency=need_latency,
                 kernel_ms=table.ms if table is not None else None,
