@@ -285,6 +285,10 @@ def test_latency_cap_at_uniform_int8_yields_to_the_accuracy_budget():
     assert result.met and status.startswith("not met") and result.assignment == {"a": "int8", "b": "fp32"}
     result, status = solve_capped(slow, base, Budget(max_accuracy_drop=1.0), None, "size")
     assert status == "" and result.met
+    # ... and within 1% of the fastest, the smallest: a=int4 costs 0.04 ms more on ~8 ms, half the bytes
+    near = {**slow, "a": {**slow["a"], "int4": {**slow["a"]["int4"], "latency_delta_ms": -1.96}}}
+    result, status = solve_capped(near, base, Budget(max_accuracy_drop=1.0), cap, "size")
+    assert status.startswith("not met") and result.assignment == {"a": "int4", "b": "fp32"}
 
 def test_solver_reports_the_closest_when_no_assignment_meets_the_budget():
     result = solve(TABLE, BASE, Budget(max_accuracy_drop=0.5, max_size_mb=0.002), "size")
