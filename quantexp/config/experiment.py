@@ -127,6 +127,9 @@ class SearchConfig:
     # Optional sensitivity.csv (method=mixed method.sensitivity=true): with
     # budget.max_accuracy_drop, (layer, dtype) pairs that alone exceed it are pruned.
     sensitivity_table: Optional[str] = None
+    # Offer a layer only the dtypes this host runs fast (quantexp.quant.kernels:
+    # ISA check + cached micro-benchmark); a resumed study keeps its first space.
+    kernel_filter: bool = True
 
 
 class Isolation(str, Enum):

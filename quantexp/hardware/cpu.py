@@ -24,6 +24,8 @@ ISA_FLAGS: dict[str, str] = {
     "amx_fp16": "amx_fp16",
     "asimd": "neon",  # aarch64
     "asimddp": "neon_dotprod",
+    "asimdhp": "neon_fp16",  # aarch64 half-precision arithmetic
+    "bf16": "neon_bf16",  # aarch64 BFloat16 instructions
 }
 
 

@@ -92,6 +92,8 @@ def _run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log,
     method = method_cls(exp.method, exp.precision, host)
     # Methods that train (qat, qat_finetune) log per-step/per-epoch metrics to this run.
     method.log = log
+    # Methods that time kernels per layer (mixed) cache them here, at the timed batch size.
+    method.cache_dir, method.bench_batch_size = cache_dir, exp.bench.batch_size
     # A model this method cannot handle (e.g. no Linear layers for bitsandbytes) is
     # refused now, before calibration, export or quantization work.
     method.check_model(bundle)

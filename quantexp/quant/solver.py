@@ -9,7 +9,9 @@ the budget re-checked on the measured numbers (``Budget.check_measured``).
 
 ``solve`` minimises size (or latency) subject to the budget: exact enumeration
 (an integer program solved by enumeration) when the space has at most
-``EXACT_LIMIT`` assignments, else greedy (best objective gain per point of drop).
+``EXACT_LIMIT`` assignments, else greedy: best objective gain per point of drop
+while the accuracy budget holds, then, if another limit (size, latency) is still
+exceeded, the single-layer change that most reduces the total excess, repeated.
 """
 
 from __future__ import annotations
@@ -91,8 +93,9 @@ def predict(table: Table, base: Mapping[str, float], assignment: Mapping[str, st
     size = base.get("other_bytes", 0.0) + sum(table[layer][d]["size_bytes"] for layer, d in assignment.items())
     out = {"accuracy_drop": drop, "size_mb": size / 1e6}
     if "latency_ms" in base:
-        out["latency_ms"] = base["latency_ms"] + sum(table[layer][d].get("latency_delta_ms", 0.0)
-                                                     for layer, d in assignment.items())
+        deltas = (table[layer][d].get("latency_delta_ms", 0.0) for layer, d in assignment.items())
+        # a kernel whose time was not measured (NaN) is never predicted to fit a latency limit
+        out["latency_ms"] = base["latency_ms"] + sum(math.inf if math.isnan(x) else x for x in deltas)
     return out
 
 
@@ -146,6 +149,23 @@ def _greedy(table: Table, base: Mapping[str, float], budget: Budget, key: str) -
                 cost = max(q["accuracy_drop"] - p["accuracy_drop"], 0.0) + 1e-3
                 if best is None or gain / cost > best[0]:
                     best = (gain / cost, trial, q)
+        if best is None:
+            break
+        a, p = best[1], best[2]
+    # repair: a limit other than accuracy still exceeded (e.g. a latency cap)
+    while not budget.met_by(p):
+        excess = sum(budget.excess(p).values())
+        best = None
+        for layer in table:
+            for dtype in table[layer]:
+                if dtype == a[layer]:
+                    continue
+                trial = {**a, layer: dtype}
+                q = predict(table, base, trial)
+                evaluated += 1
+                rank = (sum(budget.excess(q).values()), q[key])
+                if rank[0] < excess - 1e-12 and (best is None or rank < best[0]):
+                    best = (rank, trial, q)
         if best is None:
             break
         a, p = best[1], best[2]

@@ -7,6 +7,13 @@ the model config - no training, no data) and suggests one dtype per layer among
 ``search.choices`` that the layer supports on this backend. Each suggestion is
 the override ``++method.assignment.<layer>=<dtype>`` of that trial's job.
 
+With ``search.kernel_filter`` (default true) a layer is offered only the dtypes this
+host runs fast (``quantexp.quant.kernels``: ISA check, then a micro-benchmark of each
+candidate kernel on the layer's real input at ``bench.batch_size``, interleaved
+against the fp32 layer, cached under ``<cache_dir>/kernels/``): on an AVX2 CPU no
+fp16/bf16 layer, no int4 layer slower than fp32. The timing needs the model's input
+shapes, so the data set is loaded once per sweep process (the weights are not needed).
+
 With ``search.sensitivity_table`` (a sensitivity.csv written by a
 ``method=mixed method.sensitivity=true`` run) and a ``search.budget.max_accuracy_drop``,
 dtypes whose single-layer drop already exceeds the budget are left out: the
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import functools
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -36,15 +44,53 @@ def _layer_dtypes(family: str, model_yaml: str) -> tuple[tuple[str, tuple[str, .
     return tuple((name, supported_dtypes(m)) for name, m in assignable_layers(module).items())
 
 
+@functools.lru_cache(maxsize=8)
+def _offered(family: str, model_yaml: str, wanted: tuple[str, ...], batch_size: int, threads: int | None,
+             cache_dir: str) -> dict[str, tuple[str, ...]]:
+    """{layer: dtypes this host runs fast} (``quantexp.quant.kernels``), on an untrained
+    copy of the model and the first test inputs at the timed batch size."""
+    import torch
+
+    from quantexp.config import schemas
+    from quantexp.hardware.cpu import read_cpu_info
+    from quantexp.hardware.probe import select_quantized_engine
+    from quantexp.models.training import seeded
+    from quantexp.models.zoo import family_builder
+    from quantexp.quant.fx_regions import graph_mode_possible
+    from quantexp.quant.kernels import kernel_table
+
+    cpu = read_cpu_info()
+    torch.set_num_threads(threads or cpu.usable_cores)
+    engine = select_quantized_engine(list(torch.backends.quantized.supported_engines), cpu)
+    if engine != "none":
+        torch.backends.quantized.engine = engine
+    node = OmegaConf.merge(OmegaConf.structured(schemas("model")[family]), OmegaConf.create(model_yaml))
+    builder = family_builder(OmegaConf.to_object(node))
+    _, test, raw = builder.data()
+    module = seeded(0, lambda: builder.build(raw.num_classes)).eval()
+    example = tuple(x[:batch_size] for x in test.inputs)
+    table = kernel_table(module, example, wanted, cache_dir=Path(cache_dir), isa=cpu.isa,
+                         threads=torch.get_num_threads(), engine=engine, graph=graph_mode_possible(module))
+    names = [r.layer for r in table.rows]
+    return {k: tuple(v) for k, v in table.choices(dict.fromkeys(names)).items()}
+
+
 def layer_choices(cfg: DictConfig) -> dict[str, list[str]]:
     """{layer: [dtypes the search may give it]} for the composed config ``cfg``."""
     family = str(getattr(OmegaConf.select(cfg, "model.family"), "value", OmegaConf.select(cfg, "model.family")))
-    layers = _layer_dtypes(family, OmegaConf.to_yaml(cfg.model, resolve=True))
+    model_yaml = OmegaConf.to_yaml(cfg.model, resolve=True)
+    layers = _layer_dtypes(family, model_yaml)
     wanted = [str(getattr(c, "value", c)) for c in OmegaConf.select(cfg, "search.choices")]
     pruned = _pruned(cfg)
+    offered = None
+    if OmegaConf.select(cfg, "search.kernel_filter", default=True):
+        cache = OmegaConf.select(cfg, "cache_dir", default=None) or Path.cwd() / ".cache" / "quantexp"
+        offered = _offered(family, model_yaml, tuple(wanted), int(OmegaConf.select(cfg, "bench.batch_size", default=16)),
+                           OmegaConf.select(cfg, "hardware.threads", default=None), str(Path(str(cache)).expanduser()))
     out = {}
     for name, supported in layers:
-        options = [d for d in wanted if d in supported and (name, d) not in pruned]
+        options = [d for d in wanted if d in supported and (name, d) not in pruned
+                   and (offered is None or d == "fp32" or d in offered.get(name, ()))]
         out[name] = options or ["fp32"]
     return out
 
@@ -59,9 +105,30 @@ def _pruned(cfg: DictConfig) -> set[tuple[str, str]]:
                 if r["dtype"] != "fp32" and float(r["accuracy_drop_points"]) > float(limit)}
 
 
+def _earlier_space(trial: Any) -> dict[str, tuple[str, ...]]:
+    """{param: choices} of the study's earlier trials. Optuna refuses a categorical
+    whose choices change within a study, and the kernel filter's verdicts can change
+    between processes (a noisy timing is re-measured, not cached): a resumed or
+    distributed study keeps the space its first trial was given."""
+    study = getattr(trial, "study", None)
+    if study is None:
+        return {}
+    space: dict[str, tuple[str, ...]] = {}
+    for earlier in study.get_trials(deepcopy=False):
+        for name, dist in earlier.distributions.items():
+            choices = getattr(dist, "choices", None)
+            if name.startswith(PARAM_PREFIX) and choices is not None:
+                space.setdefault(name, tuple(choices))
+    return space
+
+
 def mixed_precision_space(cfg: DictConfig, trial: Any) -> None:
-    for layer, options in layer_choices(cfg).items():
-        trial.suggest_categorical(PARAM_PREFIX + layer, options)
+    earlier = _earlier_space(trial)
+    current = None if earlier else layer_choices(cfg)
+    names = [k.removeprefix(PARAM_PREFIX) for k in earlier] if earlier else list(current)
+    for layer in names:
+        key = PARAM_PREFIX + layer
+        trial.suggest_categorical(key, list(earlier[key]) if earlier else current[layer])
 
 
 def assignment_of(params: dict[str, Any]) -> dict[str, str]:

@@ -59,6 +59,29 @@ def test_hutchinson_stops_early_once_the_standard_error_is_small():
     assert abs(est["x"].trace - float(torch.trace(a))) <= 4 * est["x"].std_err
 
 
+
+def test_hutchinson_weighted_stop_settles_a_near_zero_trace():
+    """An indefinite block whose trace is ~0 has no relative error to converge to: alone it
+    runs every probe; weighted by its share of the score scale it stops early."""
+    torch.manual_seed(0)
+    m = torch.randn(20, 20, dtype=torch.float64)
+    big = m @ m.T  # trace ~400, settles within 10% after a few dozen probes
+    sym = torch.randn(20, 20, dtype=torch.float64)
+    sym = sym + sym.T
+    sym = sym - torch.eye(20, dtype=torch.float64) * torch.trace(sym) / 20  # trace exactly 0, dense
+    x = torch.randn(20, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(20, dtype=torch.float64, requires_grad=True)
+
+    def loss():
+        return 0.5 * x @ big @ x + 0.5 * y @ sym @ y
+    groups = {"x": [x], "y": [y]}
+    plain = hutchinson_trace(loss, groups, n_samples=200, rel_tol=0.1, seed=3)
+    assert plain["y"].n_samples == 200  # the zero trace never settles relatively
+    weighted = hutchinson_trace(loss, groups, n_samples=200, rel_tol=0.1, seed=3, weights={"x": 1.0, "y": 1.0})
+    assert weighted["x"].n_samples < 200
+    assert weighted["x"].std_err <= 0.1 * abs(weighted["x"].trace)
+    assert weighted["y"].std_err <= 0.1 * abs(weighted["x"].trace)
+
 class MLP(nn.Module):
     def __init__(self):
         super().__init__()
@@ -234,6 +257,38 @@ def test_solver_meets_a_budget_on_a_hand_made_table(limit):
     both = solve(TABLE, BASE, Budget(max_accuracy_drop=3.5, max_size_mb=0.0045), "size", **kwargs)
     assert both.met and both.assignment == {"a": "int8", "b": "int8", "c": "int8"}  # 3.2 pts, 3.6 kB
 
+
+
+def test_latency_cap_at_uniform_int8_yields_to_the_accuracy_budget():
+    """Capped at the uniform int8 model's predicted latency when some assignment meets
+    both; when the accuracy budget needs a layer int8 cannot keep, the fastest assignment
+    that meets the budget, said so."""
+    from quantexp.methods.mixed.method import solve_capped, uniform_int8_latency
+
+    table = {"a": {"fp32": {"drop": 0.0, "size_bytes": 4000, "latency_delta_ms": 0.0},
+                   "int8": {"drop": 0.2, "size_bytes": 1000, "latency_delta_ms": -2.0},
+                   "int4": {"drop": 0.3, "size_bytes": 500, "latency_delta_ms": -1.0}},
+             "b": {"fp32": {"drop": 0.0, "size_bytes": 8000, "latency_delta_ms": 0.0},
+                   "int8": {"drop": 2.5, "size_bytes": 2000, "latency_delta_ms": -3.0},
+                   "int4": {"drop": 0.4, "size_bytes": 1000, "latency_delta_ms": -3.5}}}
+    base = {"other_bytes": 0.0, "latency_ms": 10.0}
+    kernel_ms = {"a": {"fp32": 4.0, "int8": 2.0, "int4": 3.0}, "b": {"fp32": 5.0, "int8": 2.0, "int4": 1.5}}
+    cap = uniform_int8_latency(base, kernel_ms, ["a", "b"])
+    assert cap == 5.0
+    # size objective alone would take a=int4 (smaller, slower than int8): the cap keeps a=int8
+    result, status = solve_capped(table, base, Budget(max_accuracy_drop=1.0), cap, "size")
+    assert status == "met" and result.assignment == {"a": "int8", "b": "int4"}
+    assert result.predicted["latency_ms"] <= cap
+    # b's int4 removed: b must stay fp32 (int8 loses 2.5 points), so nothing is as fast as int8
+    slow = {**table, "b": {k: v for k, v in table["b"].items() if k != "int4"}}
+    result, status = solve_capped(slow, base, Budget(max_accuracy_drop=1.0), cap, "size")
+    assert result.met and status.startswith("not met") and result.assignment == {"a": "int8", "b": "fp32"}
+    result, status = solve_capped(slow, base, Budget(max_accuracy_drop=1.0), None, "size")
+    assert status == "" and result.met
+    # ... and within 1% of the fastest, the smallest: a=int4 costs 0.04 ms more on ~8 ms, half the bytes
+    near = {**slow, "a": {**slow["a"], "int4": {**slow["a"]["int4"], "latency_delta_ms": -1.96}}}
+    result, status = solve_capped(near, base, Budget(max_accuracy_drop=1.0), cap, "size")
+    assert status.startswith("not met") and result.assignment == {"a": "int4", "b": "fp32"}
 
 def test_solver_reports_the_closest_when_no_assignment_meets_the_budget():
     result = solve(TABLE, BASE, Budget(max_accuracy_drop=0.5, max_size_mb=0.002), "size")

@@ -37,12 +37,22 @@ class MixedPrecisionConfig(MethodConfig):
     # Hutchinson probes at most (0: skip the Hessian score); sampling stops earlier once
     # every layer's trace has a standard error below hessian_tol * |trace|. 8 probes left
     # the CNN's small layers at +-86% (conv1) and swapped two layers of the ranking.
-    hessian_samples: int = 64
+    # null: 64, or 16 for the transformer family (a probe through MiniLM costs ~5 s on
+    # this busy 2-core host, and its indefinite Hessian never settled within 64 probes)
+    hessian_samples: Optional[int] = None
     hessian_tol: Optional[float] = 0.1
-    hessian_items: int = 256        # calibration items in the loss whose Hessian is estimated
-    # calibration items the one-layer-at-a-time evaluation uses (null: all of them);
-    # a transformer has ~36 Linear layers x 4 dtypes = 144 rebuilt models to evaluate.
+    # calibration items in the loss whose Hessian is estimated (null: 256, or 16 for the
+    # transformer family, whose double backward through attention costs ~5 forward passes)
+    hessian_items: Optional[int] = None
+    # calibration items the one-layer-at-a-time evaluation uses (null: all of them, or
+    # 64 for the transformer family: 41 layers, each evaluated from its own block on)
     sensitivity_items: Optional[int] = None
+    # offer the solver only (layer, dtype) kernels this host runs fast (ISA check +
+    # a cached micro-benchmark against the fp32 layer; quantexp/quant/kernels.py)
+    kernel_filter: bool = True
+    # auto: the predicted latency (measured per-layer kernel times, summed) at most this
+    # multiple of the uniform int8 model's (null: no such limit)
+    max_latency_vs_int8: Optional[float] = 1.0
     precisions: ClassVar[frozenset[str]] = frozenset({"mixed"})
     hardware: ClassVar[frozenset[str]] = frozenset({"cpu"})
 
@@ -53,12 +63,14 @@ class MixedPrecisionConfig(MethodConfig):
             if dtype not in MIXED_DTYPES:
                 raise ConfigError(f"method=mixed cannot assign {dtype.value}; valid dtypes: "
                                   f"{', '.join(d.value for d in MIXED_DTYPES)}")
-        if self.hessian_samples < 0:
+        if self.hessian_samples is not None and self.hessian_samples < 0:
             raise ConfigError(f"method.hessian_samples must be >= 0, got {self.hessian_samples}")
         if self.hessian_tol is not None and self.hessian_tol <= 0:
             raise ConfigError(f"method.hessian_tol must be > 0 or null, got {self.hessian_tol}")
-        if self.hessian_items < 1:
-            raise ConfigError(f"method.hessian_items must be >= 1, got {self.hessian_items}")
+        if self.hessian_items is not None and self.hessian_items < 1:
+            raise ConfigError(f"method.hessian_items must be >= 1 or null, got {self.hessian_items}")
+        if self.max_latency_vs_int8 is not None and self.max_latency_vs_int8 <= 0:
+            raise ConfigError(f"method.max_latency_vs_int8 must be > 0 or null, got {self.max_latency_vs_int8}")
         if self.sensitivity_items is not None and self.sensitivity_items < 1:
             raise ConfigError(f"method.sensitivity_items must be >= 1 or null, got {self.sensitivity_items}")
         if self.strategy == MixedStrategy.auto and all(v is None for v in vars(self.budget).values()):
