@@ -258,6 +258,11 @@ def quantize(module: "nn.Module", method: str, *, precision: str | None = None,
         args.append(f"precision={precision}")
     cfg = compose(args)
     exp = validate(cfg)
+    from quantexp.preflight import check_engine, check_precision_isa
+
+    # the pre-flight checks that concern a module (no cache, store or model path here)
+    check_engine(exp)
+    check_precision_isa(exp)
     method_cls = get_method(exp.method.name)
     if method_cls.stage != "model":
         raise ConfigError(f"method={method} rewrites an exported artifact, not a module: use "

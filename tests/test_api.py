@@ -113,3 +113,18 @@ def test_quantize_a_users_module_with_a_cascade():
     assert q.info["holdout.items"] == 60 and q.info["threshold_source"] == "calibrated"
     with pytest.raises(quantexp.ConfigError, match="calibrates on labelled held-out items"):
         quantexp.quantize(net, "cascade", calibration=x)
+
+
+def test_quantize_refuses_bf16_where_the_cpu_lacks_it():
+    # The pre-flight's ISA check holds for the Python API too: one line where bf16 would
+    # be emulated through fp32, a bf16 model where the CPU has the instructions.
+    from quantexp.hardware.cpu import read_cpu_info
+    from quantexp.hardware.engine import bf16_unsupported_reason
+
+    reason = bf16_unsupported_reason(read_cpu_info())
+    if reason:
+        with pytest.raises(quantexp.ConfigError, match="precision=bf16 on the CPU needs bf16 instructions"):
+            quantexp.quantize(Net(), "cast", precision="bf16")
+    else:
+        q = quantexp.quantize(Net(), "cast", precision="bf16", example_inputs=(torch.randn(2, 1, 8, 8),))
+        assert next(q.model.parameters()).dtype == torch.bfloat16
