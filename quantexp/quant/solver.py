@@ -129,6 +129,14 @@ def solve(table: Table, base: Mapping[str, float], budget: Budget, objective: st
     return _greedy(table, base, budget, key)
 
 
+def _single_moves(table: Table, a: Mapping[str, str]):
+    """Every assignment that differs from ``a`` in one layer's dtype."""
+    for layer in table:
+        for dtype in table[layer]:
+            if dtype != a[layer]:
+                yield {**a, layer: dtype}
+
+
 def _greedy(table: Table, base: Mapping[str, float], budget: Budget, key: str) -> SolveResult:
     a = {layer: "fp32" if "fp32" in table[layer] else min(table[layer]) for layer in table}
     p = predict(table, base, a)
@@ -136,19 +144,15 @@ def _greedy(table: Table, base: Mapping[str, float], budget: Budget, key: str) -
     max_drop = budget.max_accuracy_drop if budget.max_accuracy_drop is not None else math.inf
     while True:
         best = None
-        for layer in table:
-            for dtype in table[layer]:
-                if dtype == a[layer]:
-                    continue
-                trial = {**a, layer: dtype}
-                q = predict(table, base, trial)
-                evaluated += 1
-                gain = p[key] - q[key]
-                if gain <= 0 or q["accuracy_drop"] > max_drop:
-                    continue
-                cost = max(q["accuracy_drop"] - p["accuracy_drop"], 0.0) + 1e-3
-                if best is None or gain / cost > best[0]:
-                    best = (gain / cost, trial, q)
+        for trial in _single_moves(table, a):
+            q = predict(table, base, trial)
+            evaluated += 1
+            gain = p[key] - q[key]
+            if gain <= 0 or q["accuracy_drop"] > max_drop:
+                continue
+            cost = max(q["accuracy_drop"] - p["accuracy_drop"], 0.0) + 1e-3
+            if best is None or gain / cost > best[0]:
+                best = (gain / cost, trial, q)
         if best is None:
             break
         a, p = best[1], best[2]
@@ -156,16 +160,12 @@ def _greedy(table: Table, base: Mapping[str, float], budget: Budget, key: str) -
     while not budget.met_by(p):
         excess = sum(budget.excess(p).values())
         best = None
-        for layer in table:
-            for dtype in table[layer]:
-                if dtype == a[layer]:
-                    continue
-                trial = {**a, layer: dtype}
-                q = predict(table, base, trial)
-                evaluated += 1
-                rank = (sum(budget.excess(q).values()), q[key])
-                if rank[0] < excess - 1e-12 and (best is None or rank < best[0]):
-                    best = (rank, trial, q)
+        for trial in _single_moves(table, a):
+            q = predict(table, base, trial)
+            evaluated += 1
+            rank = (sum(budget.excess(q).values()), q[key])
+            if rank[0] < excess - 1e-12 and (best is None or rank < best[0]):
+                best = (rank, trial, q)
         if best is None:
             break
         a, p = best[1], best[2]

@@ -108,8 +108,9 @@ def _merge(low: Tensor, escalate: Tensor, high: Tensor) -> Tensor:
     return out
 
 
-class Cascade(nn.Module):
-    """One input tensor (images, rows)."""
+class _Stages(nn.Module):
+    """The parts both cascades hold: the two models, the router, the confidence signal
+    and the escalation threshold (a buffer, so a saved cascade keeps it)."""
 
     def __init__(self, low: nn.Module, high: nn.Module, router: nn.Module, signal: int, threshold: float):
         super().__init__()
@@ -118,6 +119,10 @@ class Cascade(nn.Module):
         self.router = router
         self.signal = int(signal)
         self.register_buffer("threshold", torch.tensor(float(threshold)))
+
+
+class Cascade(_Stages):
+    """One input tensor (images, rows)."""
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decide(x)[0]
@@ -137,16 +142,8 @@ class Cascade(nn.Module):
         return out, low, conf, escalate, routed
 
 
-class TextCascade(nn.Module):
+class TextCascade(_Stages):
     """Token ids and attention mask (transformers)."""
-
-    def __init__(self, low: nn.Module, high: nn.Module, router: nn.Module, signal: int, threshold: float):
-        super().__init__()
-        self.low = low
-        self.high = high
-        self.router = router
-        self.signal = int(signal)
-        self.register_buffer("threshold", torch.tensor(float(threshold)))
 
     def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
         return self.decide(ids, mask)[0]
