@@ -2,7 +2,9 @@
 
 ``check(cfg)`` goes through what a run does before its first costly step and stops
 there: the schema, the compatibility check and the hardware (``quantexp.api.validate``),
-the host probe, the model's data and its architecture (built by the family builder,
+the pre-flight a run does before its first costly step (``quantexp.preflight``: cache
+dir writable, tracking store readable, model directory, calibration size, assignment,
+engine, ISA, deployment profile), the host probe, the model's data and its architecture (built by the family builder,
 untrained: never trained, never read from or written to the fp32 cache), the
 method's own model check (``check_model``), the exporter's construction (its runtime
 and providers) and the calibration draw. Nothing is trained, no MLflow run is opened
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -98,17 +101,21 @@ def _resolved(cfg: DictConfig, exp: ExperimentConfig) -> dict[str, Any]:
     return out
 
 
-def check(cfg: DictConfig) -> CheckReport:
-    """Validate the composed config ``cfg`` as far as possible without training."""
+def check(cfg: DictConfig, project_root: Path | None = None) -> CheckReport:
+    """Validate the composed config ``cfg`` as far as possible without training;
+    ``project_root`` (default: the working directory) is what relative paths in it
+    (cache_dir, the default MLflow store) are relative to, as in a run."""
     from quantexp.exporters import get_exporter
     from quantexp.hardware import probe_host
     from quantexp.methods import get_method
     from quantexp.models.base import ModelBundle
     from quantexp.models.zoo import family_builder, family_name
+    from quantexp.preflight import preflight
     from quantexp.quant.calibration import draw_calibration
     from quantexp.quant.mixed_layers import assignable_layers, full_assignment, supported_dtypes
 
     exp = validate(cfg)
+    preflight(exp, project_root or Path.cwd())  # what a run refuses before its model loads
     report = CheckReport(exp, resolved=_resolved(cfg, exp))
     host = probe_host(exp.hardware)
     report.host = {"device": host.device, "threads": host.threads, "quantized engine": host.quantized_engine}

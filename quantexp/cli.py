@@ -101,7 +101,7 @@ def run_one(cfg: DictConfig, placement: dict | None = None) -> float | None:
         if MODE.check:
             from quantexp.check import check
 
-            print(check(cfg).format())
+            print(check(cfg, project_root).format())
             return None
         exp = validate(cfg)
         run_name = run_name_of(exp)

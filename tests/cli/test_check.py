@@ -98,6 +98,8 @@ def test_check_shows_the_values_the_compatibility_check_resolved(tmp_path):
     (["method.calibration.size=100000"],
      "error: method.calibration.size=100000 is larger than the training set"),
     (["-m", "method=fp32,ptq_static"], "error: --check validates one configuration; drop -m/--multirun"),
+    # The run's pre-flight (quantexp.preflight): refused by --check as by a run.
+    (["model=hf", "model.path=/no/such/dir"], "error: model.path"),
 ])
 def test_check_refuses_bad_input_in_one_line(tmp_path, args, message):
     proc = run(["--check", *args], tmp_path)
@@ -106,6 +108,17 @@ def test_check_refuses_bad_input_in_one_line(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith(message), proc.stderr[-3000:]
     assert proc.stdout == ""
     assert_nothing_ran(tmp_path)
+
+
+def test_check_refuses_a_corrupt_tracking_store_as_a_run_would(tmp_path):
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not a sqlite database, " * 100)
+    proc = run(["--check", f"tracking.uri=sqlite:///{corrupt}"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: the MLflow store {corrupt} is not a readable sqlite database (file is not a database); "
+        "move it aside or set tracking.uri to another store"]
+    assert corrupt.read_bytes() == b"not a sqlite database, " * 100  # read, never repaired or replaced
 
 
 def test_quantexp_check_is_run_check(tmp_path):
