@@ -27,8 +27,9 @@ EXPERIMENT = ["model=cnn", "model.epochs=1", "model.n_train=1000", "model.n_test
               "hardware.threads=2", "bench.batch_size=16", "bench.min_rounds=30", "bench.min_seconds=3",
               "tracking.enabled=false"]
 # Gate on what a different machine does not change: accuracy (paired, 0.5-point tolerance
-# for float differences between CPUs) and the speed-up vs fp32 (a 25 % loss, significant).
-THRESHOLDS = ["fail_on=[accuracy,speedup]", "accuracy_tolerance_pts=0.5", "speedup_min_effect=0.25"]
+# for float differences between CPUs) and the speed-up vs fp32 (the whole CI of the loss
+# beyond 20 %: reruns here drift up to ~10 %, the planted ptq_dynamic loses ~28 %).
+THRESHOLDS = ["fail_on=[accuracy,speedup]", "accuracy_tolerance_pts=0.5", "speedup_min_effect=0.20"]
 
 
 def run_experiment(out: Path, cache: Path, overrides: list[str]) -> Path:

@@ -1,17 +1,23 @@
 """How good is `quantexp compare` at its job? Reruns of one configuration must not be
 flagged; planted regressions must be. Prints, per metric, the false-positive rate over
-reruns and the detection rate of:
+reruns (against rerun 0, and over every ordered pair of reruns: each rerun in turn the
+baseline) and the detection rate of:
 - a planted 1-point accuracy drop (1 % of the test items flipped from right to wrong in a
   copy of each rerun's predictions, a different random set each time);
 - a planted slowdown (the same configuration at fewer threads: a real, slower run).
 
     .venv/bin/python benchmarks/regression_detection.py [--reruns 10] [--slow-runs 5] [overrides...]
     .venv/bin/python benchmarks/regression_detection.py --reruns 3 --slow-runs 0 model=minilm method=ptq_dynamic
+
+``--work DIR`` keeps the runs there; a run whose results.json is already in DIR is not
+run again, so the verdicts can be recomputed (say with other thresholds: ``--set``)
+without re-measuring.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import subprocess
@@ -23,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from quantexp.analysis.regression import REGRESSED
-from quantexp.config.regression import RegressionConfig
+from quantexp.regression.command import load_config
 from quantexp.regression.compare import compare
 from quantexp.regression.sources import from_path
 
@@ -31,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(out: Path, cache: Path, overrides: list[str]) -> Path:
+    if (out / "results.json").is_file():
+        return out
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides, "tracking.enabled=false",
                     f"hydra.run.dir={out}", f"cache_dir={cache}"], cwd=ROOT, env=env, check=True,
@@ -40,6 +48,7 @@ def run(out: Path, cache: Path, overrides: list[str]) -> Path:
 
 def planted_drop(src: Path, dst: Path, seed: int) -> Path:
     """A copy of ``src`` whose candidate got 1 % of the test items wrong that it had right."""
+    shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
     data = dict(np.load(dst / "predictions.npz"))
     label = from_path(dst).results.label
@@ -56,19 +65,28 @@ def main() -> None:
     parser.add_argument("--slow-runs", type=int, default=5, help="runs at --slow-threads (0: skip)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--slow-threads", type=int, default=1)
+    parser.add_argument("--work", type=Path, help="keep the runs here (and reuse those already there)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a threshold of conf/compare.yaml, e.g. --set latency_min_effect=0.1")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="quantexp-detect-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="quantexp-detect-"))
     cache = ROOT / ".cache" / "detect"
     base = [*args.overrides, f"hardware.threads={args.threads}"]
     reruns = [run(work / f"rerun{i}", cache, base) for i in range(args.reruns)]
-    config = RegressionConfig()
-    baseline = from_path(reruns[0])
+    config = load_config(ROOT / "conf" / "compare.yaml", args.set)  # what `quantexp compare` uses
+    sources = [from_path(path) for path in reruns]
+    baseline = sources[0]
     false_pos: Counter[str] = Counter()
-    for path in reruns[1:]:
-        for v in compare(baseline, from_path(path), config).verdicts:
+    for path, source in zip(reruns[1:], sources[1:]):
+        for v in compare(baseline, source, config).verdicts:
             false_pos[v.metric] += v.status == REGRESSED
             print(f"rerun {path.name}: {v.metric} {v.status} - {v.detail}", flush=True)
+    # Every ordered pair: how often would *some* rerun, pinned as the baseline, flag another?
+    pair_pos: Counter[str] = Counter()
+    for i, j in itertools.permutations(range(len(sources)), 2):
+        for v in compare(sources[i], sources[j], config).verdicts:
+            pair_pos[v.metric] += v.status == REGRESSED
     caught = 0
     for i, path in enumerate(reruns):
         planted = planted_drop(path, work / f"planted{i}", seed=i)
@@ -84,8 +102,10 @@ def main() -> None:
         print(f"slow run {i} ({args.slow_threads} thread): {verdict.status} - {verdict.detail}", flush=True)
     n = args.reruns - 1
     print(f"\nconfiguration: {' '.join(base)}; thresholds: {config}")
+    pairs = len(sources) * (len(sources) - 1)
     for metric in ("accuracy", "latency", "speedup"):
-        print(f"false positives over {n} reruns vs rerun 0: {metric} {false_pos[metric]}/{n}")
+        print(f"false positives over {n} reruns vs rerun 0: {metric} {false_pos[metric]}/{n}; "
+              f"over all {pairs} ordered pairs of reruns: {pair_pos[metric]}/{pairs}")
     print(f"planted 1 % accuracy drop detected: {caught}/{len(reruns)}")
     if args.slow_runs:
         print(f"planted slowdown ({args.threads} -> {args.slow_threads} threads, p50 x{min(ratios):.2f}.."

@@ -7,14 +7,17 @@ planted regressions are caught.
   the whole CI lies below ``-tolerance_pts`` (and the point estimate too).
 - latency: the candidate artifact's raw per-call samples of both runs; the ratio of
   medians (candidate / baseline) with a percentile bootstrap CI, each run resampled on
-  its own. Regressed when the CI lies above 1 and the ratio exceeds 1 + min_effect.
-  Two processes on one machine drift apart by several percent, so this needs a
-  minimum effect; a different machine makes it meaningless (use speedup there).
+  its own. Regressed when the whole CI lies above 1 + min_effect: the slowdown is
+  significantly larger than the minimum effect, not merely significant. Two processes
+  on one machine drift apart by several percent (between-process effects that one
+  run's CI cannot see), hence the margin; a different machine makes it meaningless
+  (use speedup there).
 - speedup: the within-run ratio (own fp32 / candidate, timed interleaved), compared
-  between runs by resampling each run's interleaved rounds. Regressed when the CI of
-  (candidate speed-up / baseline speed-up) lies below 1 and the ratio is below
-  1 - min_effect. A slower machine slows fp32 and the candidate alike, so this is the
-  one to gate CI with.
+  between runs by resampling each run's interleaved rounds. Regressed when the whole
+  CI of (candidate speed-up / baseline speed-up) lies below 1 - min_effect. A slower
+  machine slows fp32 and the candidate alike, so this is the one to gate CI with.
+
+The same margin rule, mirrored, says "improved".
 
 Stdlib + numpy; McNemar through ``analysis.accuracy`` (scipy, imported lazily).
 """
@@ -89,9 +92,9 @@ def latency_verdict(base_ms: np.ndarray, cand_ms: np.ndarray, *, min_effect: flo
                        "latency: not measured in " + ("the baseline" if base.size == 0 else "the candidate"))
     ratio = float(np.median(cand) / np.median(base))
     low, high = _bootstrap_ratio(cand, base, lambda x: np.median(x, axis=1), n_boot, confidence, seed)
-    if low > 1 and ratio > 1 + min_effect:
+    if low > 1 + min_effect:
         status = REGRESSED
-    elif high < 1 and ratio < 1 - min_effect:
+    elif high < 1 - min_effect:
         status = IMPROVED
     else:
         status = UNCHANGED
@@ -99,7 +102,7 @@ def latency_verdict(base_ms: np.ndarray, cand_ms: np.ndarray, *, min_effect: flo
               f"{np.median(cand):.3f} ms, {base.size} vs {cand.size} calls)")
     return Verdict("latency", status, ratio, low, high, min_effect,
                    f"bootstrap of the ratio of medians of raw calls ({n_boot} resamples, {confidence:.0%} "
-                   f"CI) beyond a minimum effect of {min_effect:.0%}", detail)
+                   f"CI) wholly beyond a minimum effect of {min_effect:.0%}", detail)
 
 
 def speedup_verdict(base_rounds: tuple[np.ndarray, np.ndarray], cand_rounds: tuple[np.ndarray, np.ndarray], *,
@@ -128,9 +131,9 @@ def speedup_verdict(base_rounds: tuple[np.ndarray, np.ndarray], cand_rounds: tup
     low, high = (float(v) for v in np.quantile(ratios, [alpha, 1 - alpha]))
     base, cand = speedup(base_rounds), speedup(cand_rounds)
     ratio = cand / base
-    if high < 1 and ratio < 1 - min_effect:
+    if high < 1 - min_effect:
         status = REGRESSED
-    elif low > 1 and ratio > 1 + min_effect:
+    elif low > 1 + min_effect:
         status = IMPROVED
     else:
         status = UNCHANGED
@@ -138,7 +141,7 @@ def speedup_verdict(base_rounds: tuple[np.ndarray, np.ndarray], cand_rounds: tup
               f"{len(base_rounds[0])} vs {len(cand_rounds[0])} interleaved rounds)")
     return Verdict("speedup", status, ratio, low, high, min_effect,
                    f"bootstrap over interleaved rounds of each run ({n_boot} resamples, {confidence:.0%} CI) "
-                   f"beyond a minimum effect of {min_effect:.0%}", detail)
+                   f"wholly beyond a minimum effect of {min_effect:.0%}", detail)
 
 
 __all__ = ["IMPROVED", "NOT_MEASURED", "REGRESSED", "UNCHANGED", "Verdict", "accuracy_verdict",

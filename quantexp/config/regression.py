@@ -15,12 +15,13 @@ METRICS = ("accuracy", "latency", "speedup")
 class RegressionConfig:
     # Accuracy: regressed when the paired CI of the change lies wholly below -tolerance (points).
     accuracy_tolerance_pts: float = 0.0
-    # Latency (candidate artifact, raw samples of both runs): regressed when the ratio of
-    # medians is significantly > 1 and above 1 + this fraction. Two processes on one
-    # machine differ by several percent, hence a minimum effect.
-    latency_min_effect: float = 0.10
-    # Speed-up vs the run's own fp32 (interleaved rounds): regressed when significantly
-    # < 1 and below 1 - this fraction of the baseline's speed-up.
+    # Latency (candidate artifact, raw samples of both runs): regressed when the whole CI
+    # of the ratio of medians lies above 1 + this fraction. Two processes on one machine
+    # differ by several percent (reruns on the 2-core CI VM: up to 13 % at p50), hence
+    # the margin.
+    latency_min_effect: float = 0.12
+    # Speed-up vs the run's own fp32 (interleaved rounds): regressed when the whole CI of
+    # candidate / baseline speed-up lies below 1 - this fraction.
     speedup_min_effect: float = 0.05
     # Which verdicts make the command exit non-zero (a "regressed" in any of them).
     fail_on: list[str] = field(default_factory=lambda: list(METRICS))
