@@ -85,6 +85,9 @@ def one_model(name: str, args) -> dict:
                                    exp.seed if cal_cfg.seed is None else cal_cfg.seed)
     method = MixedPrecision(exp.method, exp.precision, host)
     method.cache_dir, method.bench_batch_size = Path(args.kernel_cache), exp.bench.batch_size
+    b = exp.bench  # as the pipeline passes them: the mixed vs uniform int8 check times with these
+    method.bench_timing = {"warmup": b.warmup, "min_rounds": b.min_rounds, "min_iters": b.min_iters,
+                           "min_seconds": b.min_seconds, "max_seconds": b.max_seconds}
     started = time.perf_counter()
     quantized = method.quantize(bundle, calibration)
     quantize_s = time.perf_counter() - started
@@ -121,7 +124,9 @@ def one_model(name: str, args) -> dict:
             "items": info.get("sensitivity.items")}
     return {"model": name, "rows": rows, "speed": speed, "wall": wall, "assignment": info.get("assignment"),
             "kernels_offered": info.get("kernels.offered"), "kernels_from_cache": info.get("kernels.from_cache"),
-            "build_path": info.get("build_path"), "threads": host.threads, "batch_size": exp.bench.batch_size}
+            "build_path": info.get("build_path"), "threads": host.threads, "batch_size": exp.bench.batch_size,
+            "latency_cap": info.get("latency_cap"),
+            "int8_check": {k.removeprefix("int8_check."): v for k, v in info.items() if k.startswith("int8_check.")}}
 
 
 def show(r: dict) -> None:
@@ -141,6 +146,12 @@ def show(r: dict) -> None:
           f"{w['hessian_s'] or float('nan'):.1f} s, {w['hessian_probes']} probes)")
     print(f"kernels offered: {r['kernels_offered']} ({r['kernels_from_cache']} timings from cache)")
     print(f"assignment: {r['assignment']}")
+    check = r["int8_check"]
+    if check:
+        print(f"method's own check vs uniform int8: {check['speedup_vs_uniform_int8']}; moved to int8: "
+              f"{check['moved_to_int8'] or 'none'}" + (f"; {check['status']}" if "status" in check else ""))
+    else:
+        print(f"method's own check vs uniform int8: not run (latency cap {r['latency_cap']})")
 
 
 def main() -> None:

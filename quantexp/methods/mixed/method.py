@@ -5,7 +5,8 @@ Strategies: ``manual`` (``method.assignment: {layer: dtype}``, unnamed layers ta
 (``quantexp.quant.kernels``: ISA check + cached micro-benchmark on the layer's real
 shapes), the per-layer sensitivity of those on the calibration set, then
 ``quantexp.quant.solver.solve`` under ``method.budget`` and, by default, no slower
-(predicted from the measured kernel times) than the uniform int8 model. How each
+(predicted from the measured kernel times, then measured: ``int8_check``) than the
+uniform int8 model. How each
 dtype runs is in ``quantexp.quant.mixed_layers``; on models torch.fx can trace,
 consecutive int8 layers form one quantized region.
 """
@@ -117,9 +118,30 @@ class MixedPrecision(QuantizationMethod):
             assignment = full_assignment(layers, cfg.assignment, cfg.default)
         # 8-bit activations, checked for saturation (7 bits where an AVX2 kernel saturates)
         qconfig = build_qconfig(cfg.calibration.observer, Granularity.per_channel, False)
-        built: dict[str, Any] = {}
-        model = build_mixed(bundle.model, assignment, calibration, False, cfg.calibration.batch_size, qconfig,
-                            report=built, graph=True)
+        reports: dict[int, dict[str, Any]] = {}  # build_mixed's report, by model
+
+        def build(a):
+            report_of_build: dict[str, Any] = {}
+            built_model = build_mixed(bundle.model, a, calibration, False, cfg.calibration.batch_size, qconfig,
+                                      report=report_of_build, graph=True)
+            reports[id(built_model)] = report_of_build
+            return built_model
+
+        if auto and cap is not None and cap_status == "met":
+            # the latency promise was predicted from layers timed alone: measure it
+            from quantexp.methods.mixed.int8_check import check_against_int8
+
+            batch = getattr(self, "bench_batch_size", 16)
+            example = bundle.example_inputs(batch)
+            checked = check_against_int8(build, assignment, report.candidates, report.base, budget,
+                                         lambda m: m(*example), batch_size=batch,
+                                         max_ratio=cfg.max_latency_vs_int8,
+                                         timing=getattr(self, "bench_timing", None))
+            assignment, model = checked.assignment, checked.model
+            info.update(checked.info())
+        else:
+            model = build(assignment)
+        built = reports[id(model)]
         rows = layer_dtypes(model, layers, bundle.example_inputs(2))
         seven = set(built["reduce_range_layers"]) if built["build_path"] == "eager" else \
             ({n for n, d in assignment.items() if d == "int8"} if built["reduce_range_layers"] else set())
