@@ -2,10 +2,10 @@
 
 ``check(cfg)`` goes through what a run does before its first costly step and stops
 there: the schema, the compatibility check and the hardware (``quantexp.api.validate``),
-the pre-flight a run does before its first costly step (``quantexp.preflight``: cache
-dir writable, tracking store readable, model directory, calibration size, assignment,
-engine, ISA, deployment profile), the host probe, the model's data and its architecture (built by the family builder,
-untrained: never trained, never read from or written to the fp32 cache), the
+the run's pre-flight (``quantexp.preflight``: cache dir writable, tracking store
+readable, model directory, calibration size, assignment, engine, ISA, deployment
+profile), the host probe, the model's data and its architecture (built by the family
+builder, untrained: never trained, never read from or written to the fp32 cache), the
 method's own model check (``check_model``), the exporter's construction (its runtime
 and providers) and the calibration draw. Nothing is trained, no MLflow run is opened
 and nothing is written. The report lists the choices, the values the checks resolved

@@ -5,10 +5,9 @@ Strategies: ``manual`` (``method.assignment: {layer: dtype}``, unnamed layers ta
 (``quantexp.quant.kernels``: ISA check + cached micro-benchmark on the layer's real
 shapes), the per-layer sensitivity of those on the calibration set, then
 ``quantexp.quant.solver.solve`` under ``method.budget`` and, by default, no slower
-(predicted from the measured kernel times, then measured: ``int8_check``) than the
-uniform int8 model. How each
-dtype runs is in ``quantexp.quant.mixed_layers``; on models torch.fx can trace,
-consecutive int8 layers form one quantized region.
+than the uniform int8 model (predicted from the measured kernel times, then measured
+against it: ``int8_check``). How each dtype runs is in ``quantexp.quant.mixed_layers``;
+on models torch.fx can trace, consecutive int8 layers form one quantized region.
 """
 
 from __future__ import annotations
