@@ -75,10 +75,14 @@ def _offered(family: str, model_yaml: str, wanted: tuple[str, ...], batch_size: 
     return {k: tuple(v) for k, v in table.choices(dict.fromkeys(names)).items()}
 
 
+def _model_key(cfg: DictConfig) -> tuple[str, str]:
+    family = OmegaConf.select(cfg, "model.family")
+    return str(getattr(family, "value", family)), OmegaConf.to_yaml(cfg.model, resolve=True)
+
+
 def layer_choices(cfg: DictConfig) -> dict[str, list[str]]:
     """{layer: [dtypes the search may give it]} for the composed config ``cfg``."""
-    family = str(getattr(OmegaConf.select(cfg, "model.family"), "value", OmegaConf.select(cfg, "model.family")))
-    model_yaml = OmegaConf.to_yaml(cfg.model, resolve=True)
+    family, model_yaml = _model_key(cfg)
     layers = _layer_dtypes(family, model_yaml)
     wanted = [str(getattr(c, "value", c)) for c in OmegaConf.select(cfg, "search.choices")]
     pruned = _pruned(cfg)
@@ -109,7 +113,9 @@ def _earlier_space(trial: Any) -> dict[str, tuple[str, ...]]:
     """{param: choices} of the study's earlier trials. Optuna refuses a categorical
     whose choices change within a study, and the kernel filter's verdicts can change
     between processes (a noisy timing is re-measured, not cached): a resumed or
-    distributed study keeps the space its first trial was given."""
+    distributed study keeps the space its first trial was given (and where two
+    processes start it together, ``mixed_precision_space`` takes the choices of
+    whichever wrote a parameter first)."""
     study = getattr(trial, "study", None)
     if study is None:
         return {}
@@ -124,11 +130,21 @@ def _earlier_space(trial: Any) -> dict[str, tuple[str, ...]]:
 
 def mixed_precision_space(cfg: DictConfig, trial: Any) -> None:
     earlier = _earlier_space(trial)
-    current = None if earlier else layer_choices(cfg)
-    names = [k.removeprefix(PARAM_PREFIX) for k in earlier] if earlier else list(current)
-    for layer in names:
+    current = None  # this process's own choices (kernel timings): only where the study has none
+    for layer, _ in _layer_dtypes(*_model_key(cfg)):
         key = PARAM_PREFIX + layer
-        trial.suggest_categorical(key, list(earlier[key]) if earlier else current[layer])
+        if key not in earlier and current is None:
+            current = layer_choices(cfg)
+        try:
+            trial.suggest_categorical(key, list(earlier[key]) if key in earlier else current[layer])
+        except ValueError as exc:
+            # Two processes starting one study together both found it empty, and the
+            # other one wrote this parameter first, with the choices its own kernel
+            # timings gave: the study keeps those (the storage refused ours, unwritten).
+            stored = _earlier_space(trial).get(key) if "dynamic value space" in str(exc) else None
+            if stored is None:
+                raise
+            trial.suggest_categorical(key, list(stored))
 
 
 def assignment_of(params: dict[str, Any]) -> dict[str, str]:
