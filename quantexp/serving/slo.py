@@ -21,7 +21,9 @@ switches at once (``before_batch``): an interval is too long to wait for.
 
 from __future__ import annotations
 
+import collections
 import math
+import statistics
 from dataclasses import dataclass
 
 from quantexp.serving.server import IntervalStats, PhaseResult, ServeConfig
@@ -30,22 +32,24 @@ _P99_TAIL = math.log(100.0)
 
 
 class ServiceTimes:
-    """Seconds per batch for each configuration: a profiled start, then an exponentially
-    weighted average of what was observed (``weight`` on the newest batch)."""
+    """Seconds per batch for each configuration: the median of the profiled time and the
+    last ``window`` full batches observed. A median, not a running mean: one slow call (a
+    page fault, the garbage collector) must not make a configuration look several times
+    slower for the intervals after it - with a mean it did, and the controller left the
+    batch-1 fp32 configuration that meets a 3 ms SLO on its own."""
 
-    def __init__(self, profiled_s: dict[ServeConfig, float], weight: float = 0.2):
+    def __init__(self, profiled_s: dict[ServeConfig, float], window: int = 31):
         if not profiled_s:
             raise ValueError("need at least one profiled configuration")
-        self.seconds = dict(profiled_s)
-        self.weight = weight
+        self.samples = {c: collections.deque([s], maxlen=window) for c, s in profiled_s.items()}
 
     def observe(self, config: ServeConfig, size: int, service_s: float) -> None:
         # A partial batch (timed out before it filled) says little about a full one.
-        if config in self.seconds and size == config.batch_size:
-            self.seconds[config] = (1 - self.weight) * self.seconds[config] + self.weight * service_s
+        if config in self.samples and size == config.batch_size:
+            self.samples[config].append(service_s)
 
     def __getitem__(self, config: ServeConfig) -> float:
-        return self.seconds[config]
+        return float(statistics.median(self.samples[config]))
 
 
 def predicted_p99_s(config: ServeConfig, service_s: float, load: float, max_wait_s: float) -> tuple[float, float]:

@@ -80,11 +80,25 @@ def test_an_slo_nothing_meets_names_the_closest():
 
 
 def test_service_times_follow_observed_full_batches_only():
-    times = ServiceTimes({ServeConfig(4, "low"): 0.010}, weight=0.5)
+    times = ServiceTimes({ServeConfig(4, "low"): 0.010})
     times.observe(ServeConfig(4, "low"), 2, 0.001)  # partial batch: ignored
     assert times[ServeConfig(4, "low")] == 0.010
     times.observe(ServeConfig(4, "low"), 4, 0.020)
     assert times[ServeConfig(4, "low")] == pytest.approx(0.015)
+
+
+def test_one_slow_batch_does_not_make_a_configuration_look_slow():
+    config = ServeConfig(1, "high")
+    times = ServiceTimes({config: 0.00025, ServeConfig(16, "low"): 0.001}, window=8)
+    for _ in range(5):
+        times.observe(config, 1, 0.00026)
+    times.observe(config, 1, 0.005)  # a page fault or a GC pause: 20x
+    assert times[config] == pytest.approx(0.00026)
+    ctrl = SloController([config, ServeConfig(16, "low")], times, 0.003, 0.002, ["high", "low"])
+    assert ctrl.choose(1000.0) == config  # still predicted to meet 3 ms at 1,000 items/s
+    for _ in range(8):  # but a configuration that really got slower is followed
+        times.observe(config, 1, 0.002)
+    assert times[config] == pytest.approx(0.002)
 
 
 def test_overload_picks_the_most_capacity():
