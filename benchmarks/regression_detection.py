@@ -68,6 +68,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="keep the runs here (and reuse those already there)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a threshold of conf/compare.yaml, e.g. --set latency_min_effect=0.1")
+    parser.add_argument("--baselines", type=int, default=3,
+                        help="also judge with K reruns as the baseline (quantexp compare --baseline x K): "
+                             "false positives over every K-subset of reruns vs each other rerun")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="quantexp-detect-"))
@@ -87,17 +90,33 @@ def main() -> None:
     for i, j in itertools.permutations(range(len(sources)), 2):
         for v in compare(sources[i], sources[j], config).verdicts:
             pair_pos[v.metric] += v.status == REGRESSED
+    # K reruns as the baseline (every K-subset), each other rerun as the candidate
+    multi_pos: Counter[str] = Counter()
+    first_pos: Counter[str] = Counter()  # the first K reruns pinned, as a user would
+    subsets = list(itertools.combinations(range(len(sources)), args.baselines)) if args.baselines > 1 else []
+    multi_n = 0
+    for subset in subsets:
+        for j in (j for j in range(len(sources)) if j not in subset):
+            multi_n += 1
+            for v in compare([sources[i] for i in subset], sources[j], config).verdicts:
+                multi_pos[v.metric] += v.status == REGRESSED
+                if subset == tuple(range(args.baselines)):
+                    first_pos[v.metric] += v.status == REGRESSED
     caught = 0
     for i, path in enumerate(reruns):
         planted = planted_drop(path, work / f"planted{i}", seed=i)
         verdict = compare(baseline, from_path(planted), config).verdicts[0]
         caught += verdict.status == REGRESSED
         print(f"planted drop {i}: {verdict.status} - {verdict.detail}", flush=True)
-    slow_caught, ratios = 0, []
+    slow_caught, ratios, multi_slow, multi_slow_n = 0, [], 0, 0
     for i in range(args.slow_runs):
         slow = run(work / f"slow{i}", cache, [*args.overrides, f"hardware.threads={args.slow_threads}"])
-        verdict = next(v for v in compare(baseline, from_path(slow), config).verdicts if v.metric == "latency")
+        slow_source = from_path(slow)
+        verdict = next(v for v in compare(baseline, slow_source, config).verdicts if v.metric == "latency")
         slow_caught += verdict.status == REGRESSED
+        for subset in subsets:
+            multi_slow_n += 1
+            multi_slow += compare([sources[k] for k in subset], slow_source, config).verdicts[1].status == REGRESSED
         ratios.append(verdict.estimate)
         print(f"slow run {i} ({args.slow_threads} thread): {verdict.status} - {verdict.detail}", flush=True)
     n = args.reruns - 1
@@ -106,10 +125,17 @@ def main() -> None:
     for metric in ("accuracy", "latency", "speedup"):
         print(f"false positives over {n} reruns vs rerun 0: {metric} {false_pos[metric]}/{n}; "
               f"over all {pairs} ordered pairs of reruns: {pair_pos[metric]}/{pairs}")
+    if subsets:
+        for metric in ("accuracy", "latency", "speedup"):
+            rest = len(sources) - args.baselines
+            print(f"false positives with {args.baselines} reruns as the baseline: {metric} - reruns "
+                  f"0-{args.baselines - 1} vs the other {rest}: {first_pos[metric]}/{rest}; every subset of "
+                  f"{args.baselines} vs every other rerun: {multi_pos[metric]}/{multi_n}")
     print(f"planted 1 % accuracy drop detected: {caught}/{len(reruns)}")
     if args.slow_runs:
         print(f"planted slowdown ({args.threads} -> {args.slow_threads} threads, p50 x{min(ratios):.2f}.."
-              f"x{max(ratios):.2f}) detected as a latency regression: {slow_caught}/{args.slow_runs}")
+              f"x{max(ratios):.2f}) detected as a latency regression: {slow_caught}/{args.slow_runs}"
+              + (f"; with {args.baselines} reruns as the baseline: {multi_slow}/{multi_slow_n}" if subsets else ""))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ and pinning the run later candidates are compared with.
 
     quantexp compare --baseline @main --candidate outputs/2026-12-04/10-00-00_cnn_ptq_static_123
     quantexp compare --baseline 3f2a...e1 --candidate 9b77...0c --json verdict.json
+    quantexp compare --baseline runs/r0 --baseline runs/r1 --baseline runs/r2 --candidate runs/new
     quantexp compare --baseline benchmarks/ci_baseline --candidate /tmp/ci/run --set fail_on=[accuracy,speedup]
     quantexp baseline set 3f2a...e1 --name main      # tag the run quantexp.baseline=main
     quantexp baseline show --name main
@@ -59,7 +60,9 @@ def _compare_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="quantexp compare", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--baseline", required=True, help="results.json, run folder, MLflow run id or @name")
+    p.add_argument("--baseline", required=True, action="append",
+                   help="results.json, run folder, MLflow run id or @name; repeat it with reruns of the "
+                        "baseline to judge latency and speed-up against each (regressed only against all)")
     p.add_argument("--candidate", required=True, help="results.json, run folder, MLflow run id or @name")
     p.add_argument("--json", type=Path, default=None, help="write the verdict here (default: print only)")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="thresholds (default conf/compare.yaml)")
@@ -82,14 +85,15 @@ def compare_main(argv: list[str]) -> int:
     clients = client_factory(args.tracking_uri)
     try:
         config = load_config(args.config, args.set)
-        base = resolve(args.baseline, clients, args.experiment)
+        bases = [resolve(spec, clients, args.experiment) for spec in args.baseline]
         cand = resolve(args.candidate, clients, args.experiment)
-        result = compare(base, cand, config)
+        result = compare(bases, cand, config)
     except (ConfigError, SourceError, CompareError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     console = Console(width=None if sys.stdout.isatty() else 200)
-    table = Table(title=f"{cand.where} vs baseline {base.where}")
+    more = f" (+{len(bases) - 1} reruns)" if len(bases) > 1 else ""
+    table = Table(title=f"{cand.where} vs baseline {bases[0].where}{more}")
     for column in ("metric", "verdict", "detail", "test"):
         table.add_column(column)
     for v in result.verdicts:

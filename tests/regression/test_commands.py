@@ -70,6 +70,15 @@ def test_a_rerun_is_no_regression_and_a_planted_drop_is(runs, tmp_path):
     accuracy = json.loads((tmp_path / "planted.json").read_text())["verdicts"][0]
     assert accuracy["status"] == "regressed" and accuracy["estimate"] == pytest.approx(-10.0)
 
+    # both reruns as the baseline: accuracy paired against the first, timing judged against each
+    proc = quantexp(["compare", "--baseline", str(run["first"]), "--baseline", str(run["second"]),
+                     "--candidate", str(planted), "--json", str(tmp_path / "two.json"), "--no-tag"], tmp_path)
+    assert proc.returncode == 1 and "(+1 reruns)" in proc.stdout, proc.stdout + proc.stderr
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert [Path(b["where"]).parent for b in [two["baseline"], *two["more_baselines"]]] == [run["first"], run["second"]]
+    assert two["verdicts"][0] == accuracy
+    assert "judged against each of 2 baseline runs" in two["verdicts"][1]["detail"]
+
 
 def test_runs_on_different_test_sets_are_refused(runs, tmp_path):
     _, run = runs
