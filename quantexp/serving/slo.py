@@ -36,7 +36,7 @@ class ServiceTimes:
     last ``window`` full batches observed. A median, not a running mean: one slow call (a
     page fault, the garbage collector) must not make a configuration look several times
     slower for the intervals after it (a running mean weighting the newest batch 0.2
-    took a single 20x call as a 5x slower configuration)."""
+    took a single 20x call as a 4.8x slower configuration)."""
 
     def __init__(self, profiled_s: dict[ServeConfig, float], window: int = 31):
         if not profiled_s:
