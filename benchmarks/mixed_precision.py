@@ -85,9 +85,7 @@ def one_model(name: str, args) -> dict:
                                    exp.seed if cal_cfg.seed is None else cal_cfg.seed)
     method = MixedPrecision(exp.method, exp.precision, host)
     method.cache_dir, method.bench_batch_size = Path(args.kernel_cache), exp.bench.batch_size
-    b = exp.bench  # as the pipeline passes them: the mixed vs uniform int8 check times with these
-    method.bench_timing = {"warmup": b.warmup, "min_rounds": b.min_rounds, "min_iters": b.min_iters,
-                           "min_seconds": b.min_seconds, "max_seconds": b.max_seconds}
+    method.bench_timing = exp.bench.interleaved_timing()  # as the pipeline passes it (mixed vs int8 check)
     started = time.perf_counter()
     quantized = method.quantize(bundle, calibration)
     quantize_s = time.perf_counter() - started

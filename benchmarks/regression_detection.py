@@ -59,6 +59,10 @@ def planted_drop(src: Path, dst: Path, seed: int) -> Path:
     return dst
 
 
+def latency_of(comparison):
+    return next(v for v in comparison.verdicts if v.metric == "latency")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reruns", type=int, default=10)
@@ -112,11 +116,11 @@ def main() -> None:
     for i in range(args.slow_runs):
         slow = run(work / f"slow{i}", cache, [*args.overrides, f"hardware.threads={args.slow_threads}"])
         slow_source = from_path(slow)
-        verdict = next(v for v in compare(baseline, slow_source, config).verdicts if v.metric == "latency")
+        verdict = latency_of(compare(baseline, slow_source, config))
         slow_caught += verdict.status == REGRESSED
         for subset in subsets:
             multi_slow_n += 1
-            multi_slow += compare([sources[k] for k in subset], slow_source, config).verdicts[1].status == REGRESSED
+            multi_slow += latency_of(compare([sources[k] for k in subset], slow_source, config)).status == REGRESSED
         ratios.append(verdict.estimate)
         print(f"slow run {i} ({args.slow_threads} thread): {verdict.status} - {verdict.detail}", flush=True)
     n = args.reruns - 1

@@ -54,6 +54,12 @@ class BenchConfig:
         if self.warmup < 0 or self.min_seconds < 0 or self.max_seconds <= 0:
             raise ConfigError("bench.warmup and bench.min_seconds must be >= 0, bench.max_seconds > 0")
 
+    def interleaved_timing(self) -> dict[str, float]:
+        """The keyword arguments of ``bench.interleaved.measure_interleaved`` these
+        settings fix (everything but the batch and the statistics)."""
+        return {"warmup": self.warmup, "min_rounds": self.min_rounds, "min_iters": self.min_iters,
+                "min_seconds": self.min_seconds, "max_seconds": self.max_seconds}
+
 
 @dataclass
 class EvalConfig:

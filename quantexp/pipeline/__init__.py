@@ -96,9 +96,7 @@ def _run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log,
     method.cache_dir, method.bench_batch_size = cache_dir, exp.bench.batch_size
     # ... and those that time whole models against each other (mixed vs uniform int8) use
     # the run's timing settings
-    b = exp.bench
-    method.bench_timing = {"warmup": b.warmup, "min_rounds": b.min_rounds, "min_iters": b.min_iters,
-                           "min_seconds": b.min_seconds, "max_seconds": b.max_seconds}
+    method.bench_timing = exp.bench.interleaved_timing()
     # A model this method cannot handle (e.g. no Linear layers for bitsandbytes) is
     # refused now, before calibration, export or quantization work.
     method.check_model(bundle)

@@ -42,14 +42,18 @@ class ServiceTimes:
         if not profiled_s:
             raise ValueError("need at least one profiled configuration")
         self.samples = {c: collections.deque([s], maxlen=window) for c, s in profiled_s.items()}
+        # kept up to date on each observation: read for every configuration at every
+        # interval and before every batch (the serving loop), written once per batch
+        self.seconds = dict(profiled_s)
 
     def observe(self, config: ServeConfig, size: int, service_s: float) -> None:
         # A partial batch (timed out before it filled) says little about a full one.
         if config in self.samples and size == config.batch_size:
             self.samples[config].append(service_s)
+            self.seconds[config] = float(statistics.median(self.samples[config]))
 
     def __getitem__(self, config: ServeConfig) -> float:
-        return float(statistics.median(self.samples[config]))
+        return self.seconds[config]
 
 
 def predicted_p99_s(config: ServeConfig, service_s: float, load: float, max_wait_s: float) -> tuple[float, float]:

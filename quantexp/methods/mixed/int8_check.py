@@ -19,11 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from quantexp.config import BenchConfig
 from quantexp.quant.solver import Budget, Table, predict
 
-# The run's bench settings are passed in (``timing``); these are bench's defaults, for
-# a method used without a run (``quantexp.quantize``).
-TIMING = {"warmup": 5, "min_rounds": 10, "min_iters": 30, "min_seconds": 2.0, "max_seconds": 60.0}
 MAX_MOVES = 8
 
 
@@ -73,7 +71,8 @@ def check_against_int8(build: Callable[[Mapping[str, str]], Any], assignment: di
     while the mixed model is significantly slower than ``max_ratio`` x the int8 one's
     time (the CI of int8 time / mixed time wholly below 1 / max_ratio). ``run(model)``
     makes one timed call (one batch of ``batch_size``); ``table``: the sensitivity
-    table with int8 rows for every layer that has an int8 kernel."""
+    table with int8 rows for every layer that has an int8 kernel; ``timing``: the run's
+    bench settings (default: bench's defaults, for a method used without a run)."""
     import torch
 
     from quantexp.bench.interleaved import measure_interleaved
@@ -86,7 +85,8 @@ def check_against_int8(build: Callable[[Mapping[str, str]], Any], assignment: di
     while True:
         with torch.no_grad():
             _, _, speed = measure_interleaved(lambda: run(reference), lambda: run(check.model),
-                                              batch_size=batch_size, **(timing or TIMING))
+                                              batch_size=batch_size,
+                                              **(timing or BenchConfig().interleaved_timing()))
         check.describe = speed.describe()
         check.slower = speed.ci_high < 1.0 / max_ratio
         move = next_move(check.assignment, table, base, budget) if check.slower else None
