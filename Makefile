@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MLFLOW_DB := $(CURDIR)/mlflow.db
 ARGS ?=
+# Extra pytest options for `make test` / `make test-full`, e.g. PYTEST_ARGS="-n 2" (pytest-xdist
+# workers) or PYTEST_ARGS="-x tests/cli"; empty = one serial process (what CI runs).
+PYTEST_ARGS ?=
 # Byte-compiled caches save ~10 s of import per process (torch, transformers);
 # some shells export PYTHONDONTWRITEBYTECODE, which would disable them.
 unexport PYTHONDONTWRITEBYTECODE
@@ -27,14 +30,14 @@ run: setup  ## run the default experiment (extra Hydra overrides: make run ARGS=
 	$(PY) run.py $(ARGS)
 
 test: setup lint  ## lint + layer contracts + the fast test suite (what CI runs)
-	$(PY) -m pytest -q --durations=20
+	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS)
 
 lint: setup  ## ruff and the import-linter layer contracts (pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
 test-full: setup lint  ## every test, including the slow end-to-end ones
-	$(PY) -m pytest -q --durations=20 -m "slow or not slow"
+	$(PY) -m pytest -q --durations=20 -m "slow or not slow" $(PYTEST_ARGS)
 
 bench: setup  ## benchmark scripts (figures printed, never asserted)
 	$(PY) benchmarks/startup.py
