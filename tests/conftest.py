@@ -3,11 +3,42 @@ real loading code for `model=hf` is exercised on it; nothing is downloaded)."""
 
 from __future__ import annotations
 
+import os
 import string
 from pathlib import Path
 
 import pytest
 import torch
+
+_HOST_CORES: list[int] = []  # the cores this session may use, before any pinning
+_SHARE: list[int] = []  # this xdist worker's share of them ([] = not under xdist)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n N``), each worker runs its tests on its own share of the
+    CPU cores (``pytest_runtest_setup``).
+
+    The runs measure the host (``hardware.threads`` defaults to the cores this process
+    may use) and the ``run.py`` processes a test starts inherit the affinity: pinned,
+    two workers on two cores each run one thread per process instead of four threads
+    fighting over two cores (torch's and ONNX Runtime's pools spin while they wait).
+    Collection is not pinned, so what a module reads from the host at import is the
+    whole host; a test marked ``whole_host`` runs with every core."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    _HOST_CORES[:] = sorted(os.sched_getaffinity(0))
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if worker and count and int(count) <= len(_HOST_CORES):
+        _SHARE[:] = _HOST_CORES[int(worker.removeprefix("gw"))::int(count)]
+
+
+def pytest_runtest_setup(item):
+    if not _SHARE:
+        return
+    cores = _HOST_CORES if item.get_closest_marker("whole_host") else _SHARE
+    if sorted(os.sched_getaffinity(0)) != cores:
+        os.sched_setaffinity(0, cores)
+        torch.set_num_threads(len(cores))  # in-process work follows the cores it now has
 
 
 def write_tiny_bert(directory: Path, seed: int) -> Path:

@@ -23,6 +23,8 @@ from quantexp.search import shared
 
 log = logging.getLogger(__name__)
 
+SEED_OFFSET_ATTR = "quantexp.seed_offset"  # the sampler's seed = the configured seed + this
+
 
 def sweep(impl: Any, arguments: list[str]) -> None:
     import optuna
@@ -60,6 +62,8 @@ def sweep(impl: Any, arguments: list[str]) -> None:
         trials = shared.claim(study, impl.storage_url, total, impl.n_jobs, before_ask=reseed)
         if not trials:
             break
+        for trial in trials:  # which sampler proposed it: a resumed search must not replay a seed
+            trial.set_user_attr(SEED_OFFSET_ATTR, impl.seed_offset)
         impl.job_idx = trials[0].number
         overrides = impl._configure_trials(trials, space, fixed_params, fixed_overrides)
         with shared.Heartbeat(trials):
@@ -107,4 +111,4 @@ def _save_results(impl: Any, study: Any, directions: list[str]) -> None:
     OmegaConf.save(OmegaConf.create(results), f"{impl.config.hydra.sweep.dir}/optimization_results.yaml")
 
 
-__all__ = ["sweep"]
+__all__ = ["SEED_OFFSET_ATTR", "sweep"]

@@ -84,8 +84,10 @@ class SloController:
         self.max_utilisation = max_utilisation
         self.smoothing = smoothing
         self.rate: float | None = None
-        self.current = min(self.configs, key=lambda c: (self.rank.get(c.precision, len(self.rank)),
-                                                        c.batch_size))
+        # ``chosen``: the interval's choice for its offered load; ``current``: what runs now,
+        # which a backlog may have switched away from ``chosen`` until it is cleared
+        self.chosen = self.current = min(self.configs, key=lambda c: (self.rank.get(c.precision, len(self.rank)),
+                                                                      c.batch_size))
 
     def observe_batch(self, config: ServeConfig, size: int, service_s: float) -> None:
         self.times.observe(config, size, service_s)
@@ -108,14 +110,20 @@ class SloController:
         return max(self.configs, key=lambda c: (c.batch_size / self.times[c], -c.batch_size))
 
     def before_batch(self, queue_len: int) -> ServeConfig:
-        """A backlog the current configuration cannot clear within half the SLO (a step
-        in load between two intervals) switches at once to one that can, the preferred
-        precision first, or to the one that clears it fastest."""
+        """A backlog the interval's choice cannot clear within half the SLO (a step in
+        load between two intervals, or a stall) switches at once to a configuration
+        that can, the preferred precision first, or to the one that clears it fastest;
+        once the interval's choice can clear what waits, it runs again. (Staying in the
+        backlog's larger batch to the end of the interval made every request after the
+        backlog wait for that batch to fill: at a 3 ms SLO and 1,000 items/s, a p99 of
+        7 ms where batch 1 alone kept 2.6 ms.)"""
         def drain(c: ServeConfig) -> float:
             return math.ceil(queue_len / c.batch_size) * self.times[c]
 
         budget = 0.5 * self.slo_s
-        if drain(self.current) > budget:
+        if drain(self.chosen) <= budget:
+            self.current = self.chosen
+        elif drain(self.current) > budget:
             ok = [c for c in self.configs if drain(c) <= budget]
             self.current = (min(ok, key=lambda c: (self.rank.get(c.precision, len(self.rank)), drain(c)))
                             if ok else min(self.configs, key=drain))
@@ -123,7 +131,7 @@ class SloController:
 
     def decide(self, interval: IntervalStats | None) -> ServeConfig:
         if interval is not None:
-            self.current = self.choose(self.load(interval))
+            self.chosen = self.current = self.choose(self.load(interval))
         return self.current
 
 

@@ -13,6 +13,8 @@ from quantexp.deployment.cgroup import RLIMIT_AS, own_v2_path, prepare, v2_mount
 from quantexp.deployment.verdict import latency_summary, verdict
 
 HOST = len(usable_cpus())
+# the whole host at collection, so at run time too (pytest-xdist workers are pinned otherwise)
+pytestmark = pytest.mark.whole_host
 
 
 @pytest.mark.parametrize("name", ["server", "edge_1core", "mobile_2thread", "serverless_cold"])

@@ -44,6 +44,7 @@ def test_pinned_one_core_one_thread_observed_in_the_child(onnx_model, tmp_path):
     assert r["verdict"]["fits"] is True
 
 
+@pytest.mark.whole_host
 @pytest.mark.skipif(len(usable_cpus()) < 2, reason="needs 2 usable cores")
 def test_two_threads_poisson(onnx_model, tmp_path):
     profile = DeploymentConfig(name="mobile", cores=2, threads=2, arrival=Arrival.poisson, rate_per_s=200,

@@ -106,3 +106,15 @@ def test_overload_picks_the_most_capacity():
     assert ctrl.choose(10_000.0) == ServeConfig(8, "low")
     assert ctrl.choose(10.0) == ServeConfig(1, "high")
     assert np.isfinite(predicted_p99_s(ServeConfig(1, "high"), 0.003, 10.0, 0.004)[0])
+
+
+def test_a_backlog_switches_to_a_larger_batch_only_until_it_is_cleared():
+    small, large = ServeConfig(1, "high"), ServeConfig(8, "high")
+    times = ServiceTimes({small: 0.0004, large: 0.0012})
+    ctrl = SloController([small, large], times, 0.003, 0.005, ["high"])
+    assert ctrl.decide(None) == small
+    assert ctrl.before_batch(1) == small
+    assert ctrl.before_batch(6) == large  # 6 x 0.4 ms > 1.5 ms; one batch of 8: 1.2 ms
+    assert ctrl.before_batch(5) == large  # still more than batch 1 clears in time
+    # cleared: back to batch 1, instead of waiting up to max_wait for 8 to arrive
+    assert ctrl.before_batch(1) == small
