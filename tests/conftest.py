@@ -3,6 +3,8 @@ real loading code for `model=hf` is exercised on it; nothing is downloaded)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import string
 from pathlib import Path
@@ -39,6 +41,25 @@ def pytest_runtest_setup(item):
     if sorted(os.sched_getaffinity(0)) != cores:
         os.sched_setaffinity(0, cores)
         torch.set_num_threads(len(cores))  # in-process work follows the cores it now has
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under coverage (``make coverage``), the processes a test starts (``run.py`` and
+    the commands) record their lines under the test's name, as ``--cov-context=test``
+    does for the test's own process: which lines only one test reaches is then known
+    (``benchmarks/suite_coverage.py``)."""
+    config = os.environ.get("COVERAGE_PROCESS_CONFIG")
+    if not config:
+        yield
+        return
+    data = json.loads(base64.b64decode(config))
+    data["context"] = item.nodeid
+    os.environ["COVERAGE_PROCESS_CONFIG"] = base64.b64encode(json.dumps(data).encode()).decode()
+    try:
+        yield
+    finally:
+        os.environ["COVERAGE_PROCESS_CONFIG"] = config
 
 
 def write_tiny_bert(directory: Path, seed: int) -> Path:
