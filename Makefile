@@ -5,16 +5,19 @@ VENV := .venv
 PY := $(VENV)/bin/python
 MLFLOW_DB := $(CURDIR)/mlflow.db
 ARGS ?=
-# Extra pytest options for `make test` / `make test-full`, e.g. PYTEST_ARGS="-n 2" (pytest-xdist
-# workers) or PYTEST_ARGS="-x tests/cli"; empty = one serial process (what CI runs).
+# The tests run in pytest-xdist workers, one per core (each pinned to its core: tests/conftest.py);
+# PYTEST_WORKERS=0 runs them in one process (pdb, prints). Extra options: PYTEST_ARGS="-x tests/cli".
+PYTEST_WORKERS ?= auto
 PYTEST_ARGS ?=
+PYTEST := $(PY) -m pytest -q --durations=20 -n $(PYTEST_WORKERS) --dist worksteal
+COVERAGE_DIR := $(CURDIR)/.cache/coverage
 # Byte-compiled caches save ~10 s of import per process (torch, transformers);
 # some shells export PYTHONDONTWRITEBYTECODE, which would disable them.
 unexport PYTHONDONTWRITEBYTECODE
 
 PORT ?= 5000
 
-.PHONY: help setup run test lint test-full bench ui server server-postgres clean
+.PHONY: help setup run test lint test-full coverage bench ui server server-postgres clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,14 +33,21 @@ run: setup  ## run the default experiment (extra Hydra overrides: make run ARGS=
 	$(PY) run.py $(ARGS)
 
 test: setup lint  ## lint + layer contracts + the fast test suite (what CI runs)
-	$(PY) -m pytest -q --durations=20 $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 lint: setup  ## ruff and the import-linter layer contracts (pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
 test-full: setup lint  ## every test, including the slow end-to-end ones
-	$(PY) -m pytest -q --durations=20 -m "slow or not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "slow or not slow" $(PYTEST_ARGS)
+
+coverage: setup  ## the fast suite under coverage, run.py processes and per-test contexts included
+	rm -rf $(COVERAGE_DIR) && mkdir -p $(COVERAGE_DIR)
+	COVERAGE_FILE=$(COVERAGE_DIR)/.coverage $(PYTEST) --cov --cov-context=test --cov-report= $(PYTEST_ARGS)
+	@# processes that ended after pytest-cov combined its workers' data
+	COVERAGE_FILE=$(COVERAGE_DIR)/.coverage $(VENV)/bin/coverage combine --append -q || true
+	COVERAGE_FILE=$(COVERAGE_DIR)/.coverage $(VENV)/bin/coverage report --sort=cover | tail -n 25
 
 bench: setup  ## benchmark scripts (figures printed, never asserted)
 	$(PY) benchmarks/startup.py

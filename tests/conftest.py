@@ -30,8 +30,11 @@ def pytest_configure(config):
         return
     _HOST_CORES[:] = sorted(os.sched_getaffinity(0))
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
-    if worker and count and int(count) <= len(_HOST_CORES):
-        _SHARE[:] = _HOST_CORES[int(worker.removeprefix("gw"))::int(count)]
+    if worker and count:
+        i, n = int(worker.removeprefix("gw")), int(count)
+        # more workers than cores (their tests also wait: servers, polls, real-time load):
+        # a core each, shared
+        _SHARE[:] = _HOST_CORES[i::n] if n <= len(_HOST_CORES) else [_HOST_CORES[i % len(_HOST_CORES)]]
 
 
 def pytest_runtest_setup(item):

@@ -135,6 +135,10 @@ def test_lstm_all_methods(tmp_path):
     check_sweep(tmp_path, proc, "rnn")
 
 
+# ~55 s: the real MiniLM through three methods. Slow: the transformer family's subprocess
+# case in the default suite is test_hf_model_from_a_local_directory, and no line is reached
+# only here (benchmarks/suite_coverage.py)
+@pytest.mark.slow
 def test_minilm_all_methods(tmp_path):
     proc = run_py(["-m", METHODS, "model=minilm", "model.n_train=64", "model.n_test=48",
                    "model.head_epochs=2", "model.max_length=32", *TINY], tmp_path)

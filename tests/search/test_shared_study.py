@@ -56,7 +56,10 @@ def check_shared(tmp: Path, study, n_workers: int, total: int, client: MlflowCli
     assert {t.user_attrs["quantexp.mlflow_run_id"] for t in trials} == {c.info.run_id for c in children}
 
 
-# In the default suite: ~70 s on 2 quiet cores (two searches of two trials each, side by side)
+# ~70 s on 2 quiet cores (two searches of two trials each, side by side). Slow: the default
+# suite reaches the same lines elsewhere (benchmarks/suite_coverage.py; the heartbeat in
+# tests/search/test_heartbeat.py, the parent left open in tests/tracking/test_tracking.py)
+@pytest.mark.slow
 def test_two_processes_share_one_study_in_a_journal_file(tmp_path):
     import optuna
     from optuna.storages import JournalStorage

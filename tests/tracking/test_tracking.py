@@ -289,6 +289,24 @@ def test_callback_in_process_counts_children(tmp_path):
     assert parent.data.metrics == {"n_jobs": 2.0, "n_finished": 1.0, "n_failed": 1.0}
 
 
+def test_a_job_another_sweep_process_still_measures_keeps_the_parent_open(tmp_path):
+    from quantexp.provenance import process_identity
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = _sweep_config(tmp_path, uri)
+    callback = MlflowSweepCallback()
+    callback.on_multirun_start(cfg)
+    pid = os.environ[PARENT_RUN_ENV]
+    client, exp_id = open_client(uri, tmp_path, "sweeps")
+    # a job of a second process on the same study, still RUNNING: this process measures it
+    tags = {f"quantexp.process.{k}": str(v) for k, v in process_identity().items()}
+    with RunLogger(client, exp_id, "job 0", parent_run_id=pid, tags=tags):
+        callback.on_multirun_end(cfg)
+        parent = client.get_run(pid)
+        assert parent.info.status == "RUNNING"  # the other process ends it
+        assert parent.data.metrics == {"n_jobs": 1.0, "n_finished": 0.0, "n_failed": 0.0}
+
+
 def test_resumed_study_closes_runs_a_killed_sweep_left_running(tmp_path, migrated_db):
     shutil.copyfile(migrated_db, tmp_path / "mlflow.db")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
