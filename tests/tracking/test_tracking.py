@@ -265,16 +265,22 @@ def _sweep_config(tmp_path: Path, uri: str, enabled: bool = True):
     })
 
 
-def test_callback_in_process_counts_children(tmp_path):
+def _started_sweep(tmp_path):
+    """A sweep's callback started in this process: (config, callback, parent run id, client,
+    experiment id)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     cfg = _sweep_config(tmp_path, uri)
     callback = MlflowSweepCallback()
     callback.on_multirun_start(cfg)
-    pid = os.environ[PARENT_RUN_ENV]
+    client, exp_id = open_client(uri, tmp_path, "sweeps")
+    return cfg, callback, os.environ[PARENT_RUN_ENV], client, exp_id
+
+
+def test_callback_in_process_counts_children(tmp_path):
+    cfg, callback, pid, client, exp_id = _started_sweep(tmp_path)
     sweep_dir = tmp_path / "multirun/2026-01-01/10-00-00"
     assert (sweep_dir / PARENT_RUN_FILE).read_text().strip() == pid
     assert parent_run_id() == pid
-    client, exp_id = open_client(uri, tmp_path, "sweeps")
     with RunLogger(client, exp_id, "job 0", parent_run_id=parent_run_id()):
         pass
     with (pytest.raises(KeyError),
@@ -292,12 +298,7 @@ def test_callback_in_process_counts_children(tmp_path):
 def test_a_job_another_sweep_process_still_measures_keeps_the_parent_open(tmp_path):
     from quantexp.provenance import process_identity
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cfg = _sweep_config(tmp_path, uri)
-    callback = MlflowSweepCallback()
-    callback.on_multirun_start(cfg)
-    pid = os.environ[PARENT_RUN_ENV]
-    client, exp_id = open_client(uri, tmp_path, "sweeps")
+    cfg, callback, pid, client, exp_id = _started_sweep(tmp_path)
     # a job of a second process on the same study, still RUNNING: this process measures it
     tags = {f"quantexp.process.{k}": str(v) for k, v in process_identity().items()}
     with RunLogger(client, exp_id, "job 0", parent_run_id=pid, tags=tags):
