@@ -86,8 +86,11 @@ class SloController:
         self.rate: float | None = None
         # ``chosen``: the interval's choice for its offered load; ``current``: what runs now,
         # which a backlog may have switched away from ``chosen`` until it is cleared
-        self.chosen = self.current = min(self.configs, key=lambda c: (self.rank.get(c.precision, len(self.rank)),
-                                                                      c.batch_size))
+        self.chosen = self.current = min(self.configs, key=lambda c: (self.preference(c), c.batch_size))
+
+    def preference(self, config: ServeConfig) -> int:
+        """0 for the most preferred precision; precisions not ranked come last."""
+        return self.rank.get(config.precision, len(self.rank))
 
     def observe_batch(self, config: ServeConfig, size: int, service_s: float) -> None:
         self.times.observe(config, size, service_s)
@@ -103,7 +106,7 @@ class SloController:
         for c in self.configs:
             p99, rho = predicted_p99_s(c, self.times[c], load, self.max_wait_s)
             if p99 <= self.slo_s and rho <= self.max_utilisation:
-                feasible.append((self.rank.get(c.precision, len(self.rank)), p99, c.batch_size, c))
+                feasible.append((self.preference(c), p99, c.batch_size, c))
         if feasible:
             return min(feasible, key=lambda f: f[:3])[3]
         # Nothing meets it: the most capacity (items per second of service), to drain.
@@ -125,7 +128,7 @@ class SloController:
             self.current = self.chosen
         elif drain(self.current) > budget:
             ok = [c for c in self.configs if drain(c) <= budget]
-            self.current = (min(ok, key=lambda c: (self.rank.get(c.precision, len(self.rank)), drain(c)))
+            self.current = (min(ok, key=lambda c: (self.preference(c), drain(c)))
                             if ok else min(self.configs, key=drain))
         return self.current
 
