@@ -20,6 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from coverage import Coverage
+from coverage.results import format_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +46,7 @@ def main() -> int:
     data = cov.get_data()
     statements = total_kept = total_all = 0
     lost: dict[str, list[int]] = defaultdict(list)
+    statements_of: dict[str, list[int]] = {}
     matched: set[str] = set()
     for filename in sorted(data.measured_files()):
         try:
@@ -52,6 +54,7 @@ def main() -> int:
         except Exception:  # noqa: BLE001 - a file that is gone or is not Python
             continue
         statements += len(executable)
+        statements_of[os.path.relpath(filename)] = executable
         by_line = data.contexts_by_lineno(filename)
         for line in executable:
             tests = {_test_of(c) for c in by_line.get(line, [])}
@@ -71,23 +74,8 @@ def main() -> int:
     print(f"line coverage without them: {total_kept}/{statements} = {100 * total_kept / max(statements, 1):.2f} %")
     print(f"lines only they reach: {sum(len(v) for v in lost.values())}")
     for filename, lines in sorted(lost.items()):
-        print(f"  {filename}: {_ranges(lines)}")
+        print(f"  {filename}: {format_lines(statements_of[filename], lines)}")  # as coverage reports them
     return 0
-
-
-def _ranges(lines: list[int]) -> str:
-    out, start, prev = [], None, None
-    for n in sorted(lines):
-        if start is None:
-            start = prev = n
-        elif n == prev + 1:
-            prev = n
-        else:
-            out.append(f"{start}" if start == prev else f"{start}-{prev}")
-            start = prev = n
-    if start is not None:
-        out.append(f"{start}" if start == prev else f"{start}-{prev}")
-    return ", ".join(out)
 
 
 if __name__ == "__main__":

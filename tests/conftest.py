@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from quantexp.config import usable_cpus
+
 _HOST_CORES: list[int] = []  # the cores this session may use, before any pinning
 _SHARE: list[int] = []  # this xdist worker's share of them ([] = not under xdist)
 
@@ -28,7 +30,7 @@ def pytest_configure(config):
     whole host; a test marked ``whole_host`` runs with every core."""
     if not hasattr(os, "sched_setaffinity"):
         return
-    _HOST_CORES[:] = sorted(os.sched_getaffinity(0))
+    _HOST_CORES[:] = usable_cpus()
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if worker and count:
         i, n = int(worker.removeprefix("gw")), int(count)
@@ -41,7 +43,7 @@ def pytest_runtest_setup(item):
     if not _SHARE:
         return
     cores = _HOST_CORES if item.get_closest_marker("whole_host") else _SHARE
-    if sorted(os.sched_getaffinity(0)) != cores:
+    if usable_cpus() != cores:
         os.sched_setaffinity(0, cores)
         torch.set_num_threads(len(cores))  # in-process work follows the cores it now has
 

@@ -8,11 +8,8 @@ import os
 
 from omegaconf import OmegaConf
 
+from quantexp.config import usable_cpus
 from quantexp.launch.placement import plan
-
-
-def cores() -> int:  # at run time: pytest-xdist workers run pinned to a share of them
-    return len(os.sched_getaffinity(0))
 
 JOBLIB = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
@@ -31,16 +28,17 @@ def test_basic_launcher_runs_one_job_at_a_time_with_the_threads_asked():
 def test_joblib_jobs_share_the_cores():
     p = plan(hydra({"_target_": JOBLIB, "n_jobs": 2}), None, "process")
     assert p.launcher == "joblib" and p.concurrent_jobs == 2 and p.co_located
-    assert p.threads == max(1, cores() // 2) and p.concurrent_jobs * p.threads <= max(cores(), 2)
+    cores = len(usable_cpus())  # at run time: pytest-xdist workers run pinned to a share of them
+    assert p.threads == max(1, cores // 2) and p.concurrent_jobs * p.threads <= max(cores, 2)
     assert "latency measured under co-location" in p.describe()
     assert p.tags()["quantexp.co_located"] == "true" and p.to_dict()["co_located"] is True
     every_core = plan(hydra({"_target_": JOBLIB, "n_jobs": -1}), None, "process")
-    assert every_core.concurrent_jobs == max(os.cpu_count() or 1, cores()) and every_core.threads >= 1
+    assert every_core.concurrent_jobs == max(os.cpu_count() or 1, cores) and every_core.threads >= 1
 
 
 def test_threads_above_the_budget_are_lowered_and_said_so():
     p = plan(hydra({"_target_": JOBLIB, "n_jobs": 2}), 64, "process")
-    assert p.threads == max(1, cores() // 2) and p.threads_lowered_from == 64
+    assert p.threads == max(1, len(usable_cpus()) // 2) and p.threads_lowered_from == 64
     assert "hardware.threads=64 lowered" in p.describe()
     assert plan(hydra({"_target_": JOBLIB, "n_jobs": 2}), 1, "process").threads_lowered_from is None
 

@@ -20,15 +20,13 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from quantexp.config import usable_cpus
 from quantexp.tracking.server import MlflowServer, free_port
 from tests.run_py import run_py
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model=cnn", "model.n_train=300", "model.n_test=200", "model.epochs=1", "+debug=tiny",
         "eval.bootstrap=100", "tracking.log_model=false"]
-def cores() -> int:  # at run time: pytest-xdist workers run pinned to a share of them
-    return len(os.sched_getaffinity(0))
-
 
 
 def _results(sweep: Path) -> dict[str, dict]:
@@ -56,7 +54,7 @@ def test_joblib_sweep_runs_jobs_side_by_side_into_a_tracking_server(tmp_path):
         assert len(results) == 2
         # both jobs needed the same fp32 model of an empty cache: one trained it, the other waited
         assert sorted(job["model"]["from_cache"] for job in results.values()) == [False, True]
-        threads = max(1, cores() // 2)
+        threads = max(1, len(usable_cpus()) // 2)  # the cores of this (pinned) worker
         for job in results.values():
             placement = job["placement"]
             assert (placement["launcher"], placement["concurrent_jobs"], placement["threads"]) == ("joblib", 2, threads)
