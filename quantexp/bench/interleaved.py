@@ -18,7 +18,7 @@ contains 1.0 is "no significant difference"; one whose half-width exceeds
 ``noisy_pct`` of the ratio is flagged noisy. The anchors read: pyperf (calibrated
 loops, many independent values, stdev reported next to the mean) and
 ``torch.utils.benchmark`` (``blocked_autorange``: blocks of calls timed together,
-the median as the statistic). ``benchmarks/timing_fidelity.py`` checks this harness
+the median as the statistic). ``benchmarks/latency_fidelity.py`` checks this harness
 against ``blocked_autorange`` on the same module.
 """
 
@@ -78,25 +78,58 @@ def describe_speedup(ratio: float, ci_low: float | None, ci_high: float | None,
 
 
 def bootstrap_ratio_ci(reference: np.ndarray, candidate: np.ndarray, *, n_boot: int = 2000,
-                       confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+                       confidence: float = 0.95, seed: int = 0, block: int = 1 << 21) -> tuple[float, float]:
     """Percentile CI of median(reference) / median(candidate), resampling rounds.
 
     ``reference`` and ``candidate`` are (rounds, calls_per_round) arrays of call times;
     a resample draws round indices with replacement and takes both sides' calls of
     those rounds, so the pairing within a round is kept.
+
+    A resample is never built: each side's calls are sorted once, and a resample's
+    median is found by counting, down the sorted calls, how many of them it holds (a
+    call occurs as often as its round was drawn). The numbers are those of gathering
+    every resample and taking ``np.median`` (checked in the tests), 3-10x faster on the
+    thousands of rounds a micro-benchmark of a fast layer collects. The resamples are
+    taken ``block`` (elements of the working arrays) at a time to bound the memory.
     """
     if reference.shape != candidate.shape or reference.ndim != 2:
         raise ValueError(f"need two (rounds, calls) arrays of one shape, got {reference.shape}, "
                          f"{candidate.shape}")
-    rounds = reference.shape[0]
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, rounds, size=(n_boot, rounds))
-    ref = np.median(reference[idx].reshape(n_boot, -1), axis=1)
-    cand = np.median(candidate[idx].reshape(n_boot, -1), axis=1)
-    ratios = ref / cand
+    rounds, calls = reference.shape
+    idx = np.random.default_rng(seed).integers(0, rounds, size=(n_boot, rounds), dtype=np.int32)
+    sides = [_SortedCalls(reference), _SortedCalls(candidate)]
+    ratios = np.empty(n_boot)
+    step = max(1, block // (rounds * calls))
+    for start in range(0, n_boot, step):
+        drawn = idx[start:start + step]
+        k = len(drawn)
+        # draws[r, j]: how many times resample start + j drew round r
+        draws = np.bincount((drawn * k + np.arange(k, dtype=np.int32)[:, None]).ravel(), minlength=rounds * k)
+        draws = draws.reshape(rounds, k).astype(np.int32)
+        ratios[start:start + k] = sides[0].medians(draws) / sides[1].medians(draws)
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+class _SortedCalls:
+    """One side's calls sorted once, with the round each came from."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        rounds, calls = values.shape
+        flat = values.ravel()
+        order = np.argsort(flat, kind="stable")
+        self.values, self.round_of = flat[order], order // calls
+        total = rounds * calls  # calls in every resample (it draws `rounds` rounds)
+        self.middle = ((total - 1) // 2, total // 2)  # np.median averages these ranks (one when odd)
+
+    def medians(self, draws: np.ndarray) -> np.ndarray:
+        """The median of each resample in ``draws`` (rounds, resamples)."""
+        held = draws[self.round_of]  # (sorted calls, resamples): copies of each call held
+        np.add.accumulate(held, axis=0, out=held)  # calls held at or below each sorted call
+        # the value of rank k is the first sorted call with more than k calls at or below it
+        low, high = ((held <= rank).sum(axis=0) for rank in self.middle)
+        return (self.values[low] + self.values[high]) / 2
 
 
 def verdict_of(ci_low: float, ci_high: float) -> str:

@@ -130,6 +130,30 @@ def test_bootstrap_keeps_rounds_paired() -> None:
         bootstrap_ratio_ci(ref, cand[:5])
 
 
+@pytest.mark.parametrize("shape", [(2, 1), (7, 3), (10, 4), (301, 1), (1200, 2)])
+def test_bootstrap_equals_the_medians_of_the_gathered_resamples(shape) -> None:
+    # The CI counts each resample's calls instead of building it: the ratios must be
+    # exactly those of gathering every resample and taking np.median (odd and even
+    # pooled counts, ties included).
+    rng = np.random.default_rng(sum(shape))
+    ref, cand = rng.lognormal(size=shape), rng.lognormal(size=shape)
+    ref[-1] = ref[0]  # a tie
+    rounds, n_boot = shape[0], 300
+    idx = np.random.default_rng(5).integers(0, rounds, size=(n_boot, rounds))
+    ratios = (np.median(ref[idx].reshape(n_boot, -1), axis=1)
+              / np.median(cand[idx].reshape(n_boot, -1), axis=1))
+    expected = tuple(float(q) for q in np.quantile(ratios, [0.025, 0.975]))
+    assert bootstrap_ratio_ci(ref, cand, n_boot=n_boot, seed=5) == expected
+
+
+def test_bootstrap_in_blocks_equals_one_block() -> None:
+    rng = np.random.default_rng(2)
+    ref, cand = rng.lognormal(size=(50, 3)), rng.lognormal(size=(50, 3))
+    whole = bootstrap_ratio_ci(ref, cand, n_boot=101)
+    assert bootstrap_ratio_ci(ref, cand, n_boot=101, block=1) == whole  # one resample per block
+    assert bootstrap_ratio_ci(ref, cand, n_boot=101, block=150 * 7) == whole  # 7 per block, a short last
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="min_rounds"):
         measure_interleaved(lambda: None, lambda: None, batch_size=1, min_rounds=1)
