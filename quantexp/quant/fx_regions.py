@@ -17,12 +17,13 @@ does not run on quantized tensors (the same graph as ptq_static's).
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+from quantexp.quant.fx_tracing import fx_graph_mode
 
 if TYPE_CHECKING:
     from quantexp.models.base import Split
@@ -80,8 +81,7 @@ def build_fx(model: nn.Module, assignment: Mapping[str, str], calibration: Split
     layers = assignable_layers(model)
     static = {n for n, d in assignment.items() if is_static_int8(layers[n], d)}
     leaf_types = _non_traceable()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao deprecation warnings
+    with fx_graph_mode():
         swap(model, assignment)
         mapping = QConfigMapping().set_global(None)
         for name in int8_region_modules(model, static, set(layers), leaf_types):

@@ -30,6 +30,7 @@ from torch import nn
 
 from quantexp.methods.base import QuantizationMethod, QuantizedModel, count_modules
 from quantexp.progress import track
+from quantexp.quant.fx_tracing import fx_graph_mode
 from quantexp.quant.graph_probe import layers_after
 from quantexp.quant.int_grid import clamp_quantized_weights, weight_value_bits
 from quantexp.quant.layer_error import layer_error_info
@@ -111,8 +112,7 @@ class PTQStatic(QuantizationMethod):
         mapping = get_default_qconfig_mapping(torch.backends.quantized.engine).set_global(qconfig)
         for name in float_layers:  # made dynamic int8 after convert, when so configured
             mapping.set_module_name(name, None)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with fx_graph_mode():
             prepared = prepare_fx(model, mapping, example_inputs=example)
             self._calibrate(prepared, calibration)
             return convert_fx(prepared)

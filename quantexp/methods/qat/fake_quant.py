@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from torch.nn import functional as F
 
 from quantexp.config import ConfigError, Granularity, PrecisionConfig
 from quantexp.methods.qat.config import qat_bits
+from quantexp.quant.fx_tracing import fx_graph_mode
 from quantexp.quant.int_grid import clamp_quantized_weights, signed_range
 
 
@@ -141,8 +141,7 @@ def prepare_qat(model: nn.Module, qconfig, example_inputs: tuple[torch.Tensor, .
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
     mapping = get_default_qat_qconfig_mapping(torch.backends.quantized.engine).set_global(qconfig)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with fx_graph_mode():
         return prepare_qat_fx(model.train(), mapping, example_inputs=example_inputs)
 
 
@@ -153,8 +152,7 @@ def convert(prepared: nn.Module, weight_bits: int) -> tuple[nn.Module, int]:
     The prepared model is left untouched."""
     from torch.ao.quantization.quantize_fx import convert_fx
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with fx_graph_mode():
         converted = convert_fx(copy.deepcopy(prepared).eval())
     return converted, clamp_quantized_weights(converted, weight_bits)
 
