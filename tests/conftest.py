@@ -67,6 +67,17 @@ def pytest_runtest_protocol(item, nextitem):
         os.environ["COVERAGE_PROCESS_CONFIG"] = config
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_store_template_folder(tmp_path_factory):
+    """Where ``tests/mlflow_store.py`` keeps this session's empty store: the folder the
+    xdist workers' temporary folders share (pytest-xdist's own pattern), or this
+    session's own."""
+    from tests.mlflow_store import use_session_dir
+
+    base = tmp_path_factory.getbasetemp()
+    use_session_dir(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+
+
 def write_tiny_bert(directory: Path, seed: int) -> Path:
     from transformers import BertConfig, BertModel, BertTokenizer
 

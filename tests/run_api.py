@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import quantexp
+from tests.mlflow_store import seeded_store
 
 
 def run_api(overrides: list[str], tmp: Path, cache: Path | None = None) -> dict[str, Any]:
     """``quantexp.run(*overrides)`` into ``tmp/run``; returns what results.json holds
     (raises what the run raises: a ConfigError for bad input)."""
     results = quantexp.run(None, None, *overrides, f"cache_dir={cache or tmp / 'cache'}",
-                           f"tracking.uri=sqlite:///{tmp}/mlflow.db", output_dir=tmp / "run")
+                           f"tracking.uri={seeded_store(tmp)}", output_dir=tmp / "run")
     assert (tmp / "run" / "results.json").is_file()
     return results.to_dict()

@@ -8,14 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.mlflow_store import seeded_store
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_py(args: list[str], tmp: Path, cache: Path | None = None,
-           timeout: int = 900) -> subprocess.CompletedProcess:
+           timeout: int = 900, store: bool = True) -> subprocess.CompletedProcess:
     """Run ``run.py *args``; ``cache`` (default ``tmp/cache``) may be shared across tests
-    so a model is trained once. Never raises on a non-zero exit: tests assert on it."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+    so a model is trained once. The MLflow store ``tmp/mlflow.db`` starts empty
+    (``tests/mlflow_store.py``); ``store=False``: no file there, as a run that must not
+    open MLflow has to leave it. Never raises on a non-zero exit: tests assert on it."""
+    uri = seeded_store(tmp) if store else f"sqlite:///{tmp}/mlflow.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": uri}
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args,
                            f"cache_dir={cache or tmp / 'cache'}", f"hydra.sweep.dir={tmp}/multirun",
                            f"hydra.run.dir={tmp}/run"],

@@ -17,6 +17,7 @@ from torch import nn
 
 import quantexp
 from quantexp.results import Results
+from tests.mlflow_store import seeded_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +29,7 @@ def readme_example() -> str:
 
 
 def test_readme_example_runs_as_written(tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": seeded_store(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", readme_example()], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -23,6 +23,7 @@ from quantexp.architecture.matrix import (
 )
 from quantexp.config import ConfigError
 from quantexp.hardware.probe import HardwareUnavailable
+from tests.mlflow_store import seeded_store
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,7 +84,7 @@ def test_a_methods_own_refusal_of_the_model_is_a_refused_cell(cells):
 def test_quantexp_analyze_end_to_end(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["model=cnn", "model.epochs=1", "model.n_train=300", f"cache_dir={tmp_path}/cache",
-            f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
+            f"tracking.uri={seeded_store(tmp_path)}"]
     proc = subprocess.run([sys.executable, "-m", "quantexp", "analyze", *args, "--out", str(tmp_path / "out")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from quantexp.config import usable_cpus
 from quantexp.tracking.server import MlflowServer, free_port
+from tests.mlflow_store import seeded_store
 from tests.run_py import run_py
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ def test_joblib_sweep_runs_jobs_side_by_side_into_a_tracking_server(tmp_path):
     with MlflowServer(f"sqlite:///{tmp_path}/server/mlflow.db", tmp_path / "server" / "artifacts",
                       workers=1) as server:
         proc = run_py(["-m", "method=fp32,ptq_static", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                       *TINY, f"tracking.uri={server.uri}"], tmp_path)
+                       *TINY, f"tracking.uri={server.uri}"], tmp_path, store=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
         client = MlflowClient(server.uri)
         parent, jobs = _jobs_of(client)
@@ -95,7 +96,7 @@ def _running_job(db: Path) -> str | None:
 
 # In the default suite: ~60 s on 2 quiet cores (three jobs, each timed for 2 x 3 s)
 def test_a_job_killed_by_a_segfault_fails_alone_and_each_job_reports_its_own_peak_rss(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": seeded_store(tmp_path)}
     # job 0 evaluates the test set in one batch of 1000 (a high peak), jobs 1 and 2 in 8s
     sweep = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "-m", "method=ptq_static",
                               "eval.batch_size=1000,16,8", *TINY, "model.n_test=1000", "bench.min_seconds=3",

@@ -167,12 +167,12 @@ def test_preflight_counts_the_holdout_with_the_calibration_set(tmp_path):
 
 
 def test_run_py_refuses_out_of_range_before_any_model_loads(tmp_path):
-    proc = run_py(["method=cascade", "method.threshold=-0.1"], tmp_path, timeout=120)
+    proc = run_py(["method=cascade", "method.threshold=-0.1"], tmp_path, timeout=120, store=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: method.threshold must be in [0, 1], got -0.1"
     assert not (tmp_path / "cache").exists() and not (tmp_path / "mlflow.db").exists()
     # a scenario runs on the cascade: another method has no scenario to run
-    proc = run_py(["+scenario=drift", "method=ptq_static"], tmp_path, timeout=120)
+    proc = run_py(["+scenario=drift", "method=ptq_static"], tmp_path, timeout=120, store=False)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: +scenario=drift runs on method=cascade (conf/scenario/drift.yaml selects it), not "
         "method=ptq_static: drop the method= override")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.mlflow_store import seeded_store
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ["model=cnn", "model.epochs=1", "model.n_train=400", "model.n_test=200", "+debug=tiny"]
 
@@ -25,6 +27,7 @@ def quantexp(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("recommend")
+    seeded_store(tmp)  # what `quantexp` below reaches through MLFLOW_TRACKING_URI
     proc = quantexp(["run", "-m", *MODEL, "method=fp32,ptq_static,ptq_dynamic", f"cache_dir={tmp}/cache",
                      f"hydra.sweep.dir={tmp}/history"], tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import quantexp as qx
+from tests.mlflow_store import seeded_store
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model=cnn", "model.epochs=1", "model.n_train=400", "model.n_test=200", "+debug=tiny",
@@ -29,7 +30,7 @@ def quantexp(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
 def run(tmp: Path, name: str, *extra: str) -> dict:
     """One run in-process into ``tmp/name``, its MLflow run in the store ``tmp/mlflow.db``."""
     results = qx.run(None, None, *TINY, *extra, f"cache_dir={tmp / 'cache'}",
-                     f"tracking.uri=sqlite:///{tmp}/mlflow.db", output_dir=tmp / name)
+                     f"tracking.uri={seeded_store(tmp)}", output_dir=tmp / name)
     return results.to_dict()
 
 

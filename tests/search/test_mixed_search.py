@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.mlflow_store import seeded_store
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model=cnn", "model.n_train=300", "model.epochs=1", "+debug=tiny", "eval.bootstrap=100",
         "method.calibration.size=32",
@@ -34,7 +36,7 @@ def _cmd(tmp: Path, sweep: str, *extra: str, storage: str = "study.db", name: st
 
 
 def _env(tmp: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp}/mlflow.db"}
+    return {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": seeded_store(tmp)}
 
 
 def _rows(db: Path, query: str) -> list[tuple]:

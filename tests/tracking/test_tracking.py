@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,25 +25,16 @@ from quantexp.tracking.store import (
     resolve_tracking_uri,
     retry_locked,
 )
+from tests.mlflow_store import seeded_store
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def migrated_db(tmp_path_factory) -> Path:
-    """An empty store with MLflow's schema. Creating the schema takes seconds,
-    so tests copy this file instead (the callback test creates one for real)."""
-    path = tmp_path_factory.mktemp("template") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory, migrated_db):
+def store(tmp_path_factory):
     """One sqlite store shared by the module's tests (one experiment per test)."""
     root = tmp_path_factory.mktemp("store")
-    shutil.copyfile(migrated_db, root / "mlflow.db")
-    uri = f"sqlite:///{root}/mlflow.db"
+    uri = seeded_store(root)
     client, _ = open_client(uri, root, "warmup")
     return client, root
 
@@ -308,9 +298,8 @@ def test_a_job_another_sweep_process_still_measures_keeps_the_parent_open(tmp_pa
         assert parent.data.metrics == {"n_jobs": 1.0, "n_finished": 0.0, "n_failed": 0.0}
 
 
-def test_resumed_study_closes_runs_a_killed_sweep_left_running(tmp_path, migrated_db):
-    shutil.copyfile(migrated_db, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_resumed_study_closes_runs_a_killed_sweep_left_running(tmp_path):
+    uri = seeded_store(tmp_path)
     cfg = _sweep_config(tmp_path, uri)
     cfg.hydra.sweeper = {"storage": f"sqlite:///{tmp_path}/study.db", "study_name": "s"}
     MlflowSweepCallback().on_multirun_start(cfg)
@@ -421,8 +410,8 @@ hydra:
 '''
 
 
-def _run_sweep(tmp_path: Path, migrated_db: Path, *overrides: str) -> subprocess.CompletedProcess:
-    shutil.copyfile(migrated_db, tmp_path / "mlflow.db")
+def _run_sweep(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    seeded_store(tmp_path)
     (tmp_path / "app.py").write_text(APP)
     (tmp_path / "config.yaml").write_text(CONFIG.replace("@DB@", str(tmp_path / "mlflow.db")))
     env = {k: v for k, v in os.environ.items()
@@ -444,8 +433,8 @@ def _parent_and_children(tmp_path: Path):
     return parent, sorted(children, key=lambda r: r.data.metrics["x"])
 
 
-def test_hydra_multirun_end_to_end(tmp_path, migrated_db):
-    proc = _run_sweep(tmp_path, migrated_db, "x=1,2")
+def test_hydra_multirun_end_to_end(tmp_path):
+    proc = _run_sweep(tmp_path, "x=1,2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     parent, children = _parent_and_children(tmp_path)
     assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
@@ -460,10 +449,10 @@ def test_hydra_multirun_end_to_end(tmp_path, migrated_db):
     assert (sweep_dir / PARENT_RUN_FILE).read_text().strip() == pid
 
 
-def test_hydra_multirun_failing_job_is_failed_and_sweep_goes_on(tmp_path, migrated_db):
+def test_hydra_multirun_failing_job_is_failed_and_sweep_goes_on(tmp_path):
     # Hydra's basic launcher runs every job of a batch, then re-raises the first
     # failure; the sweep summary replaces Hydra's traceback with one screen and exit 1.
-    proc = _run_sweep(tmp_path, migrated_db, "x=1,2,3", "fail_at=2")
+    proc = _run_sweep(tmp_path, "x=1,2,3", "fail_at=2")
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     summary = proc.stderr[proc.stderr.index("sweep: 1 of 3 jobs failed"):].splitlines()

@@ -1,0 +1,47 @@
+"""An empty MLflow sqlite store for a test's folder, copied from one that MLflow itself
+created once per test session.
+
+Building the schema of a fresh sqlite store (MLflow's migrations) costs ~1.7 s, paid by
+every test whose run or command finds no store. The copy is the same file MLflow's
+migrations wrote, with no experiment of quantexp's in it. The tests of a store's first
+use (processes starting together on a fresh store, refusals that must leave no store
+behind) do not take one.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+
+_SESSION_DIR: list[Path] = []  # set by the conftest: a folder every xdist worker shares
+
+
+def use_session_dir(path: Path) -> None:
+    _SESSION_DIR[:] = [path]
+
+
+@functools.cache
+def _template() -> Path:
+    from filelock import FileLock
+
+    folder = _SESSION_DIR[0] if _SESSION_DIR else Path(os.environ.get("TMPDIR", "/tmp"))
+    template = folder / "empty-mlflow.db"
+    with FileLock(f"{template}.lock"):  # workers of one session: the first builds it
+        if not template.exists():
+            from mlflow.tracking import MlflowClient
+
+            building = folder / f"building-{os.getpid()}.db"
+            MlflowClient(f"sqlite:///{building}").search_experiments()  # the store's first use: migrations
+            os.replace(building, template)
+    return template
+
+
+def seeded_store(folder: Path) -> str:
+    """The URI of ``folder/mlflow.db``, an empty store copied in if the file is missing."""
+    db = folder / "mlflow.db"
+    if not db.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_template(), db)
+    return f"sqlite:///{db}"
