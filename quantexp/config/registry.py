@@ -75,11 +75,13 @@ def implementation_of(schema: type | object) -> type:
     return getattr(importlib.import_module(module_name), class_name)
 
 
+@functools.cache
 def register_configs() -> None:
-    """Put every schema in Hydra's ConfigStore (idempotent): ``experiment_schema``
-    and ``schema/<group>/<name>`` for the yaml files' defaults lists."""
+    """Put every schema in Hydra's ConfigStore, once per process (later calls, e.g. from
+    every ``quantexp.compose``, return at once; the schemas are discovered once too):
+    ``experiment_schema`` and ``schema/<group>/<name>`` for the yaml files' defaults lists."""
     cs = ConfigStore.instance()
-    # replace=True: registering again (every quantexp.compose call) is a no-op, not a warning
+    # replace=True: a name stored by someone else before us is replaced, not a warning
     cs.store(name="experiment_schema", node=ExperimentConfig, replace=True)
     for group, kinds in all_schemas().items():
         for kind, schema in kinds.items():
