@@ -77,9 +77,12 @@ def advise(settings: "Settings", history_records=None, exclude_model: str | None
     own = [r for r in history if r.model_key == target_key and r.exporter == settings.exporter
            and r.hardware == settings.hardware and r.fp32_p50_ms]
     fp32_latency = statistics.median(r.fp32_p50_ms for r in own) if own else None
-    fp32_size = analysis.census.params_total * 4 / 1e6  # fp32 weights; the exporter's file is within a few %
-    options = [evaluate(predict(features, family, recipe, history, target_key, scales), family, settings.constraints,
-                        fp32_latency, fp32_size) for recipe in recipes]
+    # the model's measured fp32 file where it ran before (what the history's sizes are),
+    # else its fp32 weights (a small model's file is larger by a fixed part)
+    sizes = [r.fp32_size_mb for r in own if r.fp32_size_mb]
+    fp32_size = statistics.median(sizes) if sizes else analysis.census.params_total * 4 / 1e6
+    options = [evaluate(predict(features, family, recipe, history, target_key, scales, fp32_size), family,
+                        settings.constraints, fp32_latency, fp32_size) for recipe in recipes]
     return Advice(analysis.name, family, features, settings.constraints, f"{settings.exporter}/{settings.hardware}",
                   rank(options), len(history), len({r.model_key for r in history}), fp32_latency, fp32_size)
 

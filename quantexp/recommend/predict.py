@@ -2,8 +2,10 @@
 measured history: the runs of the same recipe on the most similar models (nearest
 neighbours over the architecture features, each feature scaled by its spread across the
 history's models), blended with the rule prior (``rules.py``) in proportion to how
-much history there is. A model that was itself measured with the recipe is predicted
-by its measurement (``measured``). Every prediction says what backed it.
+much history there is; the size, where the model's family has two or more sizes measured
+with the recipe, from a line through their quantized sizes (``size_by_family_fit``).
+A model that was itself measured with the recipe is predicted by its measurement
+(``measured``). Every prediction says what backed it.
 """
 
 from __future__ import annotations
@@ -79,8 +81,30 @@ def _blend(values: list[tuple[float, float]], prior: float, prior_sd: float) -> 
     return Estimate(value, sd)
 
 
+def size_by_family_fit(same: Sequence[Record], family: str, fp32_size_mb: float | None) -> float | None:
+    """The size ratio of a model of ``fp32_size_mb`` from a straight line through the
+    quantized sizes (MB) of the same recipe on models of the same family: size =
+    fixed part + share x fp32 size. The fixed part (a format's own records, e.g.
+    bitsandbytes' quantization state) dominates a small model; a ratio taken from a
+    larger neighbour would then promise a file several times too small. None when the
+    family has fewer than two models of different sizes measured with the recipe."""
+    if not fp32_size_mb or fp32_size_mb <= 0:
+        return None
+    points = {r.model_key: (r.fp32_size_mb, r.size_ratio * r.fp32_size_mb) for r in same
+              if r.family == family and r.fp32_size_mb and r.size_ratio is not None}
+    xs, ys = [x for x, _ in points.values()], [y for _, y in points.values()]
+    if len(set(xs)) < 2:
+        return None
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sum((x - mean_x) ** 2 for x in xs)
+    size = mean_y + slope * (fp32_size_mb - mean_x)
+    return size / fp32_size_mb if size > 0 else None
+
+
 def predict(features: dict[str, float], family: str, recipe: tuple[str, str, str, str], history: Sequence[Record],
-            model_key: str | None = None, scales: dict[str, float] | None = None) -> Prediction:
+            model_key: str | None = None, scales: dict[str, float] | None = None,
+            fp32_size_mb: float | None = None) -> Prediction:
+    """``fp32_size_mb``: the model's fp32 size, for the size fit within its family."""
     method, precision, exporter, hardware = recipe
     prior = prior_for(method, precision, family, hardware)
     same = [r for r in history if r.recipe == recipe and r.drop is not None]
@@ -102,6 +126,9 @@ def predict(features: dict[str, float], family: str, recipe: tuple[str, str, str
     drop = _blend([(r.drop, w) for r, w in weights], prior.drop, prior.drop_sd)
     speed = _blend([(r.speedup, w) for r, w in weights if r.speedup is not None], prior.speedup, prior.speedup_sd)
     size = _blend([(r.size_ratio, w) for r, w in weights if r.size_ratio is not None], prior.size_ratio, prior.size_sd)
+    fitted = size_by_family_fit(same, family, fp32_size_mb)
+    if fitted is not None:  # the neighbours' ratios still give the spread
+        size = Estimate(fitted, size.sd)
     drivers = []
     if near:
         nearest = near[0][1].features
@@ -111,4 +138,4 @@ def predict(features: dict[str, float], family: str, recipe: tuple[str, str, str
                       neighbours=[f"{r.model} ({d:.1f})" for d, r in near], drivers=drivers)
 
 
-__all__ = ["Estimate", "Prediction", "distance", "feature_scales", "predict"]
+__all__ = ["Estimate", "Prediction", "distance", "feature_scales", "predict", "size_by_family_fit"]

@@ -8,7 +8,7 @@ import pytest
 
 from quantexp.architecture.features import FEATURES
 from quantexp.recommend.history import Record
-from quantexp.recommend.predict import feature_scales, predict
+from quantexp.recommend.predict import feature_scales, predict, size_by_family_fit
 from quantexp.recommend.rank import Constraints, evaluate, rank
 from quantexp.recommend.rules import prior_for
 
@@ -53,6 +53,26 @@ def test_without_history_the_prior_speaks_and_says_so():
     p = predict(CONV, "cnn", ("bnb_nf4", "nf4", "none", "cpu"), HISTORY)
     prior = prior_for("bnb_nf4", "nf4", "cnn")
     assert p.support == 0 and p.drop.value == prior.drop and p.speedup.value == prior.speedup
+
+
+def test_a_small_models_size_comes_from_its_familys_line_not_a_large_neighbours_ratio():
+    # quantized size = 0.02 MB fixed + 0.17 x fp32 size on every conv model; a transformer
+    # with another ratio does not count
+    def sized(model, features, fp32_mb):
+        r = record(model, features, "bnb_nf4", 0.1, 0.9, (0.02 + 0.17 * fp32_mb) / fp32_mb, precision="nf4")
+        r.fp32_size_mb, r.family = fp32_mb, "transformer" if features is TEXT else "cnn"
+        return r
+
+    history = [sized("conv_a", CONV, 0.44), sized("conv_b", near(CONV, 0.6), 1.7), sized("text", TEXT, 90.0)]
+    history[2].size_ratio = 0.6
+    recipe = ("bnb_nf4", "nf4", "none", "cpu")
+    small = predict(near(CONV, -0.6), "cnn", recipe, history, fp32_size_mb=0.1)
+    assert small.size_ratio.value == pytest.approx((0.02 + 0.017) / 0.1)  # 0.37, not the neighbours' ~0.2
+    assert size_by_family_fit(history, "cnn", 0.1) == pytest.approx(0.37)
+    assert size_by_family_fit(history, "transformer", 10.0) is None  # one transformer size: no line
+    assert size_by_family_fit(history, "cnn", None) is None
+    unsized = predict(near(CONV, -0.6), "cnn", recipe, history)  # no fp32 size given: the neighbours' ratio
+    assert unsized.size_ratio.value < 0.3
 
 
 def test_scales_come_from_the_spread_across_models():
