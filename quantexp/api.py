@@ -118,13 +118,15 @@ def execute(exp: ExperimentConfig, cfg: DictConfig, output_dir: Path, project_ro
     write config.yaml and results.json into ``output_dir``, print the summary.
     ``reference_cache``: where a sweep keeps its fp32 reference (``pipeline.reference``);
     ``placement``: where a sweep ran this job (quantexp.launch.placement), recorded."""
+    from quantexp.preflight import cache_dir_of, preflight
+
+    preflight(exp, project_root)  # before any model loads and before the MLflow run opens
+    # the pipeline (torch) only now: input the pre-flight refuses is refused in under a second
     from quantexp import pipeline
     from quantexp.bench.memory import reset_process_peak_rss
-    from quantexp.preflight import cache_dir_of, preflight
     from quantexp.provenance import git_commit, library_versions, process_identity
     from quantexp.report.summary import print_summary
 
-    preflight(exp, project_root)  # before any model loads and before the MLflow run opens
     output_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = cache_dir_of(exp, project_root)
     config_yaml = OmegaConf.to_yaml(cfg)

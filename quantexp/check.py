@@ -105,17 +105,20 @@ def check(cfg: DictConfig, project_root: Path | None = None) -> CheckReport:
     """Validate the composed config ``cfg`` as far as possible without training;
     ``project_root`` (default: the working directory) is what relative paths in it
     (cache_dir, the default MLflow store) are relative to, as in a run."""
+    from quantexp.preflight import preflight
+
+    exp = validate(cfg)
+    preflight(exp, project_root or Path.cwd())  # what a run refuses before its model loads
+    # torch and the method/exporter registries only now: input refused above is refused
+    # in well under a second
     from quantexp.exporters import get_exporter
     from quantexp.hardware import probe_host
     from quantexp.methods import get_method
     from quantexp.models.base import ModelBundle
     from quantexp.models.zoo import family_builder, family_name
-    from quantexp.preflight import preflight
     from quantexp.quant.calibration import draw_calibration
     from quantexp.quant.mixed_layers import assignable_layers, full_assignment, supported_dtypes
 
-    exp = validate(cfg)
-    preflight(exp, project_root or Path.cwd())  # what a run refuses before its model loads
     report = CheckReport(exp, resolved=_resolved(cfg, exp))
     host = probe_host(exp.hardware)
     report.host = {"device": host.device, "threads": host.threads, "quantized engine": host.quantized_engine}
