@@ -42,7 +42,7 @@ def _jobs_of(client: MlflowClient) -> tuple[dict, list]:
 
 # In the default suite: ~60 s on 2 quiet cores (the server's start-up, two loky workers)
 def test_joblib_sweep_runs_jobs_side_by_side_into_a_tracking_server(tmp_path):
-    with MlflowServer(f"sqlite:///{tmp_path}/server/mlflow.db", tmp_path / "server" / "artifacts",
+    with MlflowServer(seeded_store(tmp_path / "server"), tmp_path / "server" / "artifacts",
                       workers=1) as server:
         proc = run_py(["-m", "method=fp32,ptq_static", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                        *TINY, f"tracking.uri={server.uri}"], tmp_path, store=False)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.command_here import quantexp_here
 from tests.mlflow_store import seeded_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,8 +48,10 @@ def test_recommend_ranks_from_history_and_verifies_the_top_option(store):
     assert {r["option"].split("@")[0] for r in measured} == {"ptq_static", "ptq_dynamic"}
 
 
-def test_an_impossible_constraint_names_the_closest_option(store):
-    proc = quantexp(["recommend", *MODEL, f"cache_dir={store}/cache", "constraints.max_size_mb=0.0001"], store)
+def test_an_impossible_constraint_names_the_closest_option(store, capsys, monkeypatch):
+    # in this process: the command line is the subject of the test above
+    proc = quantexp_here(["recommend", *MODEL, f"cache_dir={store}/cache", "constraints.max_size_mb=0.0001"],
+                         store, capsys, monkeypatch)
     assert proc.returncode == 3, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no runnable method meets max_accuracy_drop=1.0, max_size_mb=0.0001") and "closest:" in last
@@ -58,6 +61,6 @@ def test_an_impossible_constraint_names_the_closest_option(store):
     ("constraints.max_accuracy_drop=-1", "must be >= 0"), ("constraints.max_latency=3", "unknown setting"),
     ("verify=maybe", "verify must be"), ("top_k=0", "top_k"), ("model=resnet", "resnet"),
 ])
-def test_bad_settings_are_one_line(store, setting, message):
-    proc = quantexp(["recommend", setting], store)
+def test_bad_settings_are_one_line(store, setting, message, capsys, monkeypatch):
+    proc = quantexp_here(["recommend", setting], store, capsys, monkeypatch)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import quantexp as qx
+from tests.command_here import quantexp_here
 from tests.mlflow_store import seeded_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,37 +94,40 @@ def test_runs_on_different_test_sets_are_refused(runs, tmp_path):
     (["--baseline", "@nope", "--candidate", "/nonexistent"], "no MLflow store"),
     (["--baseline", ".", "--candidate", ".", "--set", "latency_min_effect=2"], "latency_min_effect"),
 ])
-def test_bad_input_is_one_line(args, message, tmp_path):
-    proc = quantexp(["compare", *args], tmp_path)
+def test_bad_input_is_one_line(args, message, tmp_path, capsys, monkeypatch):
+    proc = quantexp_here(["compare", *args], tmp_path, capsys, monkeypatch)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
 
 
-def test_pinned_baseline_tags_and_history(tmp_path):
+def test_pinned_baseline_tags_and_history(tmp_path, capsys, monkeypatch):
     """Three runs in one store: pin the first, compare the last with @main by run id
     (the verdict lands as tags on the candidate), then the history of the configuration."""
     from mlflow.tracking import MlflowClient
 
     ids = [run(tmp_path, f"r{i}")["mlflow_run_id"] for i in range(3)]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    env_tmp = tmp_path  # the commands find the store through MLFLOW_TRACKING_URI=sqlite:///<tmp>/mlflow.db
-    assert quantexp(["baseline", "set", ids[0], "--name", "main"], env_tmp).returncode == 0
-    shown = quantexp(["baseline", "show", "--name", "main"], env_tmp)
+
+    def command(args: list[str]) -> subprocess.CompletedProcess:
+        # in this process (the command line is the subject of the tests above), the store
+        # found through MLFLOW_TRACKING_URI=sqlite:///<tmp>/mlflow.db
+        return quantexp_here(args, tmp_path, capsys, monkeypatch)
+
+    assert command(["baseline", "set", ids[0], "--name", "main"]).returncode == 0
+    shown = command(["baseline", "show", "--name", "main"])
     assert ids[0] in shown.stdout
-    proc = quantexp(["compare", "--baseline", "@main", "--candidate", ids[2], "--set", "fail_on=[accuracy]"],
-                    env_tmp)
+    proc = command(["compare", "--baseline", "@main", "--candidate", ids[2], "--set", "fail_on=[accuracy]"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     tags = client.get_run(ids[2]).data.tags
     assert tags["quantexp.regression"] == "none" and tags["quantexp.regression.accuracy"] == "unchanged"
     assert tags["quantexp.regression.baseline"] == ids[0]
     # re-pinning moves the tag
-    assert quantexp(["baseline", "set", ids[1], "--name", "main"], env_tmp).returncode == 0
+    assert command(["baseline", "set", ids[1], "--name", "main"]).returncode == 0
     assert "quantexp.baseline" not in client.get_run(ids[0]).data.tags
 
-    proc = quantexp(["history", "model.name=cnn", "method.name=ptq_static", "--out", str(tmp_path / "h")],
-                    env_tmp)
+    proc = command(["history", "model.name=cnn", "method.name=ptq_static", "--out", str(tmp_path / "h")])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "(3 runs)" in proc.stdout and "latest vs previous: unchanged" in proc.stdout
     rows = (tmp_path / "h" / "history.csv").read_text().splitlines()
     assert len(rows) == 4 and (tmp_path / "h" / "history.png").stat().st_size > 10_000
-    proc = quantexp(["history", "model.name=lstm"], env_tmp)
+    proc = command(["history", "model.name=lstm"])
     assert proc.returncode == 2 and "no finished run matches" in proc.stderr
