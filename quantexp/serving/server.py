@@ -35,10 +35,12 @@ class ServeConfig:
 
 class Policy(Protocol):
     """Asked at every interval boundary (``decide``) and before every batch
-    (``before_batch``, with the queue length: a reaction faster than an interval)."""
+    (``before_batch``, with the queue length, how long its oldest request has waited, and
+    the arrivals of the interval so far in its elapsed seconds: a reaction faster than
+    an interval)."""
 
     def decide(self, interval: "IntervalStats | None") -> ServeConfig: ...
-    def before_batch(self, queue_len: int) -> ServeConfig: ...
+    def before_batch(self, queue_len: int, oldest_wait_s: float, arrived: int, elapsed_s: float) -> ServeConfig: ...
     def observe_batch(self, config: ServeConfig, size: int, service_s: float) -> None: ...
 
 
@@ -51,7 +53,7 @@ class StaticPolicy:
     def decide(self, interval: "IntervalStats | None") -> ServeConfig:
         return self.config
 
-    def before_batch(self, queue_len: int) -> ServeConfig:
+    def before_batch(self, queue_len: int, oldest_wait_s: float, arrived: int, elapsed_s: float) -> ServeConfig:
         return self.config
 
     def observe_batch(self, config: ServeConfig, size: int, service_s: float) -> None:
@@ -141,11 +143,11 @@ def serve(arrivals_s: np.ndarray, infer: Callable[[np.ndarray, str], object], po
     intervals: list[IntervalStats] = []
     served_by: dict[str, int] = {}
     config = policy.decide(None)
-    nxt, start_interval = 0, 0.0
+    nxt, start_interval, first_of_interval = 0, 0.0, 0
     t0 = clock()
 
     def close_interval(end: float) -> None:
-        nonlocal config, start_interval, batches
+        nonlocal config, start_interval, batches, first_of_interval
         in_window = (done_at >= start_interval) & (done_at < end)
         lat = latency[in_window]
         arrived = int(((arrivals_s >= start_interval) & (arrivals_s < end)).sum())
@@ -158,6 +160,7 @@ def serve(arrivals_s: np.ndarray, infer: Callable[[np.ndarray, str], object], po
             on_interval(stats)
         config = policy.decide(stats)
         start_interval, batches = end, []
+        first_of_interval = int(np.searchsorted(arrivals_s, end))
 
     while True:
         now = clock() - t0
@@ -172,7 +175,8 @@ def serve(arrivals_s: np.ndarray, infer: Callable[[np.ndarray, str], object], po
         if not queue:
             sleep(max(0.0, min(arrivals_s[nxt], boundary) - now))
             continue
-        config = policy.before_batch(len(queue))
+        config = policy.before_batch(len(queue), now - arrivals_s[queue[0]], nxt - first_of_interval,
+                                     now - start_interval)
         if len(queue) < config.batch_size and nxt < n:
             fire_at = arrivals_s[queue[0]] + max_wait_s
             if now < fire_at:

@@ -144,6 +144,7 @@ def test_the_holdout_never_overlaps_the_calibration_set():
     (["+scenario=slo", "method.slo.rates=[]"], "method.slo.rates must be a non-empty list of rates > 0"),
     (["+scenario=slo", "method.slo.batch_sizes=[0,4]"], "method.slo.batch_sizes must be a non-empty list"),
     (["+scenario=slo", "method.slo.precisions=[low,low]"], "method.slo.precisions must be a non-empty list"),
+    (["+scenario=slo", "method.slo.repeats=0"], "and method.slo.repeats must be >= 1"),
 ])
 def test_bad_cascade_configs_are_one_line(overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -235,15 +236,19 @@ def test_drift_scenario_logs_windows_and_compares_the_controller(tmp_path, cache
 def test_slo_scenario_runs_statics_and_the_controller_on_the_same_load(tmp_path, cache):
     data = run_api([*TINY, "+scenario=slo", "method.slo.rates=[50,200]", "method.slo.phase_s=0.4",
                     "method.slo.batch_sizes=[1,4]", "method.slo.precisions=[high,low]", "method.slo.p99_ms=100",
-                    "method.slo.interval_s=0.2", "method.slo.profile_calls=3"], tmp_path, cache)
+                    "method.slo.interval_s=0.2", "method.slo.profile_calls=3", "method.slo.repeats=2"],
+                   tmp_path, cache)
     method = data["method"]
     rows = data["tables"]["slo_runs"]
     runs = ["b1_high", "b4_high", "b1_low", "b4_low", "controller"]
     assert [r["run"] for r in rows] == [r for r in runs for _ in (50, 200)]
     assert {r["rate"] for r in rows} == {50.0, 200.0}
-    # every run saw the same arrivals
+    # every run saw the same arrivals, twice, and is judged by the median of its two p99s
     assert len({(r["rate"], r["requests"]) for r in rows}) == 2
-    assert all(r["served_high"] + r["served_low"] == r["completed"] for r in rows)
+    for r in rows:
+        assert r["repeats"] == 2 and r["served_high"] + r["served_low"] == 2 * r["completed"], r
+        each = [float(x) for x in r["p99_ms_each"].split("/")]
+        assert r["p99_ms"] == pytest.approx(sum(each) / 2, rel=0.01)
     assert "slo.verdict" in method and method["slo.controller_matches_best_static"] in (True, False)
     assert method["slo.profile_ms.b1_low"] > 0 and Path(data["figures"]["slo"]).is_file()
     client, mlruns = store(tmp_path)

@@ -118,3 +118,110 @@ def test_a_backlog_switches_to_a_larger_batch_only_until_it_is_cleared():
     assert ctrl.before_batch(5) == large  # still more than batch 1 clears in time
     # cleared: back to batch 1, instead of waiting up to max_wait for 8 to arrive
     assert ctrl.before_batch(1) == small
+
+
+def _served(p99_s: float, n: int = 1000, served: int | None = None):
+    """A serving of ``n`` requests whose top 1 % waited ``p99_s`` (the rest 1 ms)."""
+    from quantexp.serving.server import PhaseResult
+
+    latencies = np.full(n, 0.001)
+    latencies[-n // 50:] = p99_s
+    completed = np.arange(n) < (n if served is None else served)
+    return PhaseResult(1000.0, latencies, completed, 1.0, served_by={"high": int(completed.sum())})
+
+
+def test_one_stalled_serving_of_three_does_not_decide_the_verdict():
+    from quantexp.serving.slo import RepeatedPhase
+
+    once_stalled = RepeatedPhase((_served(0.002), _served(0.030), _served(0.0025)))
+    assert once_stalled.p99_ms == pytest.approx(2.5) and once_stalled.meets(3.0)
+    assert once_stalled.summary()["p99_ms_each"] == "2/30/2.5" and once_stalled.summary()["repeats"] == 3
+    assert once_stalled.served_by == {"high": 3000}
+    twice = RepeatedPhase((_served(0.030), _served(0.002), _served(0.031)))
+    assert twice.p99_ms == pytest.approx(30.0) and not twice.meets(3.0)
+    unserved = RepeatedPhase((_served(0.002), _served(0.002, served=990), _served(0.002)))
+    assert not unserved.meets(3.0)  # a request left waiting in any serving fails the rate
+    v = verdict({"a": [once_stalled], "b": [twice]}, slo_ms=3.0)
+    assert v.best_static == "a" and v.best_rate == {"a": 1000.0, "b": None}
+
+
+def test_measured_latency_beyond_the_model_makes_the_controller_pick_a_faster_configuration():
+    from quantexp.serving.server import IntervalStats
+
+    high, low = ServeConfig(1, "high"), ServeConfig(1, "low")
+    times = ServiceTimes({high: 0.0006, low: 0.0003})
+    ctrl = SloController([high, low], times, 0.003, 0.005, ["high", "low"])
+    assert ctrl.choose(1000.0) == high  # the model: 2.7 ms at 1,000 items/s, within 3 ms
+    predicted_high, _ = predicted_p99_s(high, 0.0006, 1000.0, 0.005)
+    # the host added ~2 ms to the tail of an interval served by `high` at 1,000 items/s
+    interval = IntervalStats(0, 0.0, 0.5, high, 500, 500, 0.7, 1e3 * predicted_high + 2.0, 0, 1.0)
+    assert ctrl.decide(interval) == low
+    assert ctrl.slack_s == pytest.approx(0.5 * 0.002)
+    # too few completions say nothing about a p99
+    quiet = SloController([high, low], times, 0.003, 0.005, ["high", "low"])
+    quiet.learn_slack(IntervalStats(0, 0.0, 0.5, high, 20, 20, 0.7, 50.0, 0, 1.0))
+    assert quiet.slack_s == 0.0
+
+
+def test_when_nothing_meets_the_slo_the_closest_that_keeps_up_is_chosen():
+    small, large = ServeConfig(1, "low"), ServeConfig(16, "low")
+    times = ServiceTimes({small: 0.0004, large: 0.0016})
+    ctrl = SloController([small, large], times, 0.0002, 0.005, ["low"])  # an SLO below any call
+    # both keep up with 1,000 items/s; batch 16 has more capacity but waits to fill
+    assert ctrl.choose(1000.0) == small
+    assert ctrl.choose(100_000.0) == large  # past both capacities: the most capacity
+
+
+def test_a_drop_in_load_gives_up_a_batch_that_fills_too_slowly():
+    from quantexp.serving.server import IntervalStats
+
+    b1, b16 = ServeConfig(1, "low"), ServeConfig(16, "low")
+    times = ServiceTimes({b1: 0.0003, b16: 0.0008, ServeConfig(1, "high"): 0.0006})
+    ctrl = SloController([b1, b16, ServeConfig(1, "high")], times, 0.003, 0.005, ["high", "low"])
+    # an interval at 12,000 items/s: only batches of 16 keep up
+    assert ctrl.decide(IntervalStats(0, 0.0, 0.5, b1, 6000, 6000, 1.0, 2.0, 0, 1.0)) == b16
+    # the load drops: 3 requests after 1 ms is what 12,000 items/s would bring in 0.2 ms
+    assert ctrl.before_batch(3, 0.0001) == b16  # waiting 0.1 ms is what batching costs
+    assert ctrl.before_batch(3, 0.001) == b1  # batch 16 would have waited ~15 ms more
+    assert ctrl.before_batch(1, 0.0) == b1  # and batch 1 stays until the next interval
+    # an interval at 1,000 items/s decides again: high precision, batch 1
+    assert ctrl.decide(IntervalStats(1, 0.5, 1.0, b1, 500, 500, 0.5, 1.0, 0, 1.0)) == ServeConfig(1, "high")
+
+
+def test_the_arrival_rate_of_a_full_interval_is_taken_as_it_is():
+    ctrl = SloController(CONFIGS, ServiceTimes(profiled()), 0.02, 0.004, ["high", "low"])
+    from quantexp.serving.server import IntervalStats
+
+    ctrl.load(IntervalStats(0, 0.0, 0.5, CONFIGS[0], 6000, 6000, 1.0, 2.0, 0, 1.0))
+    assert ctrl.rate == pytest.approx(12000.0)
+    ctrl.load(IntervalStats(1, 0.5, 1.0, CONFIGS[0], 500, 500, 1.0, 2.0, 0, 1.0))
+    assert ctrl.rate == pytest.approx(1000.0)  # no smoothing: 500 arrivals are ~4.5 % noise
+    ctrl.load(IntervalStats(2, 1.0, 1.5, CONFIGS[0], 10, 10, 1.0, 2.0, 0, 1.0))
+    assert ctrl.rate == pytest.approx(0.5 * 20.0 + 0.5 * 1000.0)  # 10 arrivals: smoothed
+
+
+def test_poisson_cdf_is_scipys():
+    from scipy.stats import poisson
+
+    from quantexp.serving.slo import poisson_cdf
+
+    for k in (-1, 0, 1, 2, 5, 15, 63, 3000):
+        for mean in (0.0, 0.3, 2.0, 12.0, 40.0, 200.0, 2000.0):
+            assert poisson_cdf(k, mean) == pytest.approx(poisson.cdf(k, mean), rel=1e-9, abs=1e-300), (k, mean)
+
+
+def test_a_step_up_in_load_is_met_before_the_interval_ends():
+    from quantexp.serving.server import IntervalStats
+
+    b1, b4 = ServeConfig(1, "high"), ServeConfig(4, "low")
+    ctrl = SloController([b1, b4], ServiceTimes({b1: 0.0005, b4: 0.0006}), 0.003, 0.005, ["high", "low"])
+    # an interval at 1,000 items/s: high precision, batch 1
+    assert ctrl.decide(IntervalStats(0, 0.0, 0.5, b1, 500, 500, 1.0, 1.5, 0, 1.0)) == b1
+    assert ctrl.choose(2000.0) == b4  # what 2,000 items/s needs
+    # 60 arrivals in the first 40 ms of an interval: 40 expected at 1,000 items/s, odds ~0.2 %
+    # - not yet believed
+    ctrl.before_batch(1, 0.0, 60, 0.040)
+    assert ctrl.rate == pytest.approx(1000.0) and ctrl.chosen == b1
+    # 90 in 45 ms: odds below 1e-3; the load is now read as 2,000 items/s, which needs b4
+    assert ctrl.before_batch(1, 0.0, 90, 0.045) == b4
+    assert ctrl.rate == pytest.approx(2000.0) and ctrl.chosen == b4

@@ -4,9 +4,13 @@ cascade's three ways to answer (``low`` alone, the ``cascade``, ``high`` alone).
 Service times are profiled with real calls first; an SLO that even the fastest single
 call misses ends the run (``ConfigError``, exit 2) naming the closest configuration.
 Then every static configuration (batch size x precision) and the controller serve
-the same Poisson arrivals at each rate in turn (``quantexp.serving``). Step metrics:
-the controller per interval (``slo.controller.*``), each static configuration per
-rate (``slo.static.<b>_<precision>.*``, step = rate index).
+the same Poisson arrivals at each rate (``quantexp.serving``): rate by rate, each run
+right after the others and in an order that rotates, so that a slow stretch of the
+host falls on a different run each time; ``method.slo.repeats`` times over, judged by
+the median p99 (``RepeatedPhase``). The controller keeps its state from one of its
+phases to the next, as a server would. Step metrics: the controller per interval
+(``slo.controller.*``), each run per rate (``slo.static.<b>_<precision>.*`` and
+``slo.controller.phase.*``, step = rate index).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch
 from quantexp.config import ConfigError
 from quantexp.serving.loadgen import phases
 from quantexp.serving.server import PhaseResult, ServeConfig, StaticPolicy, serve
-from quantexp.serving.slo import ServiceTimes, SloController, verdict
+from quantexp.serving.slo import RepeatedPhase, ServiceTimes, SloController, verdict
 
 
 def _value(v: Any) -> str:
@@ -86,30 +90,11 @@ def run_slo(module, bundle, cfg, exp, log) -> dict[str, Any]:
                           f"{cfg.profile_calls})")
     load = phases(list(cfg.rates), cfg.phase_s, cfg.max_requests, exp.seed)
     drain_s = max(2.0 * slo_s, 0.5 * cfg.phase_s)
-    runs: dict[str, list[PhaseResult]] = {}
-    rows: list[dict[str, Any]] = []
-
-    def record(label: str, index: int, result: PhaseResult) -> None:
-        row = {"run": label, **result.summary(), "met": result.meets(cfg.p99_ms),
-               "served_accuracy": runtime.served_accuracy(),
-               **{f"served_{p}": result.served_by.get(p, 0) for p in precisions}}
-        rows.append(row)
-        if log is not None:
-            kind = "controller.phase" if label == "controller" else f"static.{label}"
-            log.log_metrics({f"slo.{kind}.{k}": v for k, v in row.items()
-                             if k != "run" and isinstance(v, (int, float, bool))}, step=index)
-
-    if cfg.statics:
-        for c in configs:
-            runs[c.label] = []
-            for i, phase in enumerate(load):
-                result = serve(phase.arrivals_s, runtime, StaticPolicy(c), max_wait_s=max_wait_s,
-                               interval_s=cfg.interval_s, drain_s=drain_s, rate=phase.rate)
-                runs[c.label].append(result)
-                record(c.label, i, result)
-
     controller = SloController(configs, ServiceTimes(profiled), slo_s, max_wait_s, precisions,
                                max_utilisation=cfg.max_utilisation)
+    policies: dict[str, Any] = {c.label: StaticPolicy(c) for c in configs} if cfg.statics else {}
+    policies["controller"] = controller
+    labels = list(policies)
     step = [0]
 
     def on_interval(stats) -> None:
@@ -119,12 +104,33 @@ def run_slo(module, bundle, cfg, exp, log) -> dict[str, Any]:
                             step=step[0])
         step[0] += 1
 
-    runs["controller"] = []
-    for i, phase in enumerate(load):
-        result = serve(phase.arrivals_s, runtime, controller, max_wait_s=max_wait_s, interval_s=cfg.interval_s,
-                       drain_s=drain_s, rate=phase.rate, on_interval=on_interval)
-        runs["controller"].append(result)
-        record("controller", i, result)
+    served: dict[tuple[str, int], list[tuple[PhaseResult, float | None]]] = {}
+    for repeat in range(cfg.repeats):
+        for i, phase in enumerate(load):
+            turn = (repeat * len(load) + i) % len(labels)
+            for label in labels[turn:] + labels[:turn]:
+                result = serve(phase.arrivals_s, runtime, policies[label], max_wait_s=max_wait_s,
+                               interval_s=cfg.interval_s, drain_s=drain_s, rate=phase.rate,
+                               on_interval=on_interval if label == "controller" else None)
+                served.setdefault((label, i), []).append((result, runtime.served_accuracy()))
+
+    runs: dict[str, list[RepeatedPhase]] = {}
+    rows: list[dict[str, Any]] = []
+    for label in labels:
+        runs[label] = []
+        for i in range(len(load)):
+            results = served[(label, i)]
+            phase_runs = RepeatedPhase(tuple(r for r, _ in results))
+            runs[label].append(phase_runs)
+            accuracies = [a for _, a in results if a is not None]
+            row = {"run": label, **phase_runs.summary(), "met": phase_runs.meets(cfg.p99_ms),
+                   "served_accuracy": float(np.mean(accuracies)) if accuracies else None,
+                   **{f"served_{p}": phase_runs.served_by.get(p, 0) for p in precisions}}
+            rows.append(row)
+            if log is not None:
+                kind = "controller.phase" if label == "controller" else f"static.{label}"
+                log.log_metrics({f"slo.{kind}.{k}": v for k, v in row.items()
+                                 if k != "run" and isinstance(v, (int, float, bool))}, step=i)
 
     v = verdict(runs, cfg.p99_ms)
     if v.best_static is None and not any(rate is not None for rate in v.best_rate.values()):
