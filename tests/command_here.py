@@ -12,12 +12,12 @@ import pytest
 
 
 def quantexp_here(args: list[str], cwd: Path, capsys: pytest.CaptureFixture,
-                  monkeypatch: pytest.MonkeyPatch) -> subprocess.CompletedProcess:
-    """``quantexp *args`` in ``cwd`` with the store ``cwd/mlflow.db``; its exit code, stdout
-    and stderr as a finished process would give them."""
+                  monkeypatch: pytest.MonkeyPatch, store: Path | None = None) -> subprocess.CompletedProcess:
+    """``quantexp *args`` in ``cwd`` with the store ``store`` (default ``cwd/mlflow.db``);
+    its exit code, stdout and stderr as a finished process would give them."""
     from quantexp.cli import main
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{cwd}/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store or cwd / 'mlflow.db'}")
     monkeypatch.chdir(cwd)
     capsys.readouterr()  # what came before is not this command's
     with pytest.raises(SystemExit) as stop:

@@ -68,11 +68,11 @@ def pytest_runtest_protocol(item, nextitem):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _mlflow_store_template_folder(tmp_path_factory):
-    """Where ``tests/mlflow_store.py`` keeps this session's empty store: the folder the
-    xdist workers' temporary folders share (pytest-xdist's own pattern), or this
-    session's own."""
-    from tests.mlflow_store import use_session_dir
+def _session_folder(tmp_path_factory):
+    """The folder this session's xdist workers share (``tests/session.py``: the empty
+    MLflow store of ``tests/mlflow_store.py``, the fixtures built once): the one their
+    temporary folders share (pytest-xdist's own pattern), or this session's own."""
+    from tests.session import use_session_dir
 
     base = tmp_path_factory.getbasetemp()
     use_session_dir(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)

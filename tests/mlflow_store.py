@@ -13,21 +13,16 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-_SESSION_DIR: list[Path] = []  # set by the conftest: a folder every xdist worker shares
-
-
-def use_session_dir(path: Path) -> None:
-    _SESSION_DIR[:] = [path]
+from tests.session import session_dir
 
 
 @functools.cache
 def _template() -> Path:
     from filelock import FileLock
 
-    folder = _SESSION_DIR[0] if _SESSION_DIR else Path(tempfile.gettempdir())
+    folder = session_dir()
     template = folder / "empty-mlflow.db"
     with FileLock(f"{template}.lock"):  # workers of one session: the first builds it
         if not template.exists():

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from quantexp.results import Candidate, Comparison, Latency, Results
+from tests.session import built_once
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["model=cnn", "model.epochs=1", "model.n_train=400", "model.n_test=200", "+debug=tiny",
@@ -28,12 +29,16 @@ def _run(tmp: Path, name: str, *overrides: str) -> Path:
     return tmp / name / "results.json"
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("results")
+def _runs(tmp: Path) -> None:
+    _run(tmp, "ptq", "method=ptq_static", "method.calibration.size=32")
     # fp32 with a gate set, so the gate's accuracy_drop_points/passed come from real data too.
-    return {"ptq_static": _run(tmp, "ptq", "method=ptq_static", "method.calibration.size=32"),
-            "fp32": _run(tmp, "fp32", "method=fp32", "eval.max_accuracy_drop=50")}
+    _run(tmp, "fp32", "method=fp32", "eval.max_accuracy_drop=50")
+
+
+@pytest.fixture(scope="module")
+def runs() -> dict[str, Path]:
+    tmp = built_once("results_runs", _runs)  # once per session, whichever worker comes first
+    return {"ptq_static": tmp / "ptq" / "results.json", "fp32": tmp / "fp32" / "results.json"}
 
 
 def _load(path: Path) -> dict[str, Any]:

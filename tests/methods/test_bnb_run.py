@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.run_py import run_py
+from tests.session import built_once
 
 pytest.importorskip("bitsandbytes")
 
@@ -49,11 +50,14 @@ def load_artifact(path: Path):
         return torch.load(path, weights_only=False)
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bnb")
+def _sweep(tmp: Path) -> None:
     proc = run_py(["-m", "method=bnb_int8,bnb_nf4", *MODEL, *TINY], tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    tmp = built_once("bnb_run", _sweep)  # once per session, whichever worker comes first
     results = {}
     for path in sorted((tmp / "multirun").glob("*/results.json")):
         data = json.loads(path.read_text())

@@ -14,6 +14,7 @@ import pytest
 
 from tests.command_here import quantexp_here
 from tests.mlflow_store import seeded_store
+from tests.session import built_once
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ["model=cnn", "model.epochs=1", "model.n_train=400", "model.n_test=200", "+debug=tiny"]
@@ -25,14 +26,16 @@ def quantexp(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=900, check=False)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("recommend")
+def _history(tmp: Path) -> None:
     seeded_store(tmp)  # what `quantexp` below reaches through MLFLOW_TRACKING_URI
     proc = quantexp(["run", "-m", *MODEL, "method=fp32,ptq_static,ptq_dynamic", f"cache_dir={tmp}/cache",
                      f"hydra.sweep.dir={tmp}/history"], tmp)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    return tmp
+
+
+@pytest.fixture(scope="module")
+def store():
+    return built_once("recommend_history", _history)  # once per session, whichever worker comes first
 
 
 def test_recommend_ranks_from_history_and_verifies_the_top_option(store):
@@ -48,10 +51,11 @@ def test_recommend_ranks_from_history_and_verifies_the_top_option(store):
     assert {r["option"].split("@")[0] for r in measured} == {"ptq_static", "ptq_dynamic"}
 
 
-def test_an_impossible_constraint_names_the_closest_option(store, capsys, monkeypatch):
-    # in this process: the command line is the subject of the test above
+def test_an_impossible_constraint_names_the_closest_option(store, tmp_path, capsys, monkeypatch):
+    # in this process (the command line is the subject of the test above), in a folder of its
+    # own: it writes its recommendation.json where the test above reads its own
     proc = quantexp_here(["recommend", *MODEL, f"cache_dir={store}/cache", "constraints.max_size_mb=0.0001"],
-                         store, capsys, monkeypatch)
+                         tmp_path, capsys, monkeypatch, store=store / "mlflow.db")
     assert proc.returncode == 3, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no runnable method meets max_accuracy_drop=1.0, max_size_mb=0.0001") and "closest:" in last
