@@ -1,0 +1,87 @@
+"""Does running the model over the test set before timing change what the timing says?
+Fresh processes, one after another, alternating two conditions: each quantizes the
+default CNN (ptq_static), saves both models as TorchScript as the pipeline's ``none``
+exporter does, and times fp32 against int8 with the interleaved harness at batch 16;
+with ``evaluate first``, both models first run over the 1,000 test items (as the
+pipeline's evaluation does before its timing). Prints every process's speed-up and the
+spread per condition. Run it on a quiet host: the question is the spread between
+processes.
+
+    .venv/bin/python benchmarks/timing_after_evaluation.py [--processes 8] [--eval-batch 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child(evaluate_first: bool, eval_batch: int) -> dict:
+    import torch
+
+    from quantexp.api import compose, validate
+    from quantexp.bench.interleaved import measure_interleaved
+    from quantexp.hardware.probe import probe_host
+    from quantexp.methods import get_method
+    from quantexp.models import load_model
+    from quantexp.quant.calibration import draw_calibration
+
+    exp = validate(compose([]))
+    host = probe_host(exp.hardware)
+    bundle = load_model(exp.model, exp.seed, ROOT / ".cache" / "quantexp")
+    calibration = draw_calibration(bundle.train, bundle.test, exp.method.calibration.size, exp.seed)
+    quantized = get_method("ptq_static")(exp.method, exp.precision, host).quantize(bundle, calibration)
+
+    def scripted(module):
+        buffer = io.BytesIO()
+        torch.jit.save(torch.jit.trace(module.eval(), bundle.example_inputs(2), check_trace=False), buffer)
+        buffer.seek(0)
+        return torch.jit.load(buffer)
+
+    fp32, int8 = scripted(bundle.model), scripted(quantized.model)
+    x = bundle.example_inputs(exp.bench.batch_size)
+    with torch.inference_mode():
+        if evaluate_first:
+            items = bundle.test.inputs[0]
+            for model in (fp32, int8):
+                for start in range(0, len(items), eval_batch):
+                    model(items[start:start + eval_batch])
+        a, b, speedup = measure_interleaved(lambda: fp32(*x), lambda: int8(*x), batch_size=exp.bench.batch_size,
+                                            min_seconds=2.0)
+    return {"fp32_ms": a.p50_ms, "int8_ms": b.p50_ms, "ratio": speedup.ratio, "describe": speedup.describe()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--processes", type=int, default=8, help="fresh processes per condition")
+    parser.add_argument("--eval-batch", type=int, default=256)
+    parser.add_argument("--child", choices=["plain", "evaluate"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child == "evaluate", args.eval_batch)))
+        return
+    ratios: dict[str, list[float]] = {"plain": [], "evaluate": []}
+    for i in range(args.processes):
+        for condition in ratios:
+            proc = subprocess.run([sys.executable, __file__, "--child", condition, "--eval-batch", str(args.eval_batch)],
+                                  cwd=ROOT, capture_output=True, text=True, check=True)
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            ratios[condition].append(row["ratio"])
+            shown = "evaluate first" if condition == "evaluate" else "time first"
+            print(f"process {i} {shown:14s} fp32 {row['fp32_ms']:.3f} ms, int8 {row['int8_ms']:.3f} ms: "
+                  f"{row['describe']}", flush=True)
+    for condition, values in ratios.items():
+        shown = "evaluate first" if condition == "evaluate" else "time first"
+        print(f"{shown}: speed-up min {min(values):.3f}x, median {statistics.median(values):.3f}x, "
+              f"max {max(values):.3f}x over {len(values)} processes")
+
+
+if __name__ == "__main__":
+    main()
