@@ -2,7 +2,9 @@
 run``: CNN, fp32 vs ptq_static, interleaved timing) N times, one process after another,
 and prints each rerun's speed-up with its 95% CI, the spread (min/median/max), whether
 every rerun's CI contains the median of all reruns, and the verdicts (no rerun should
-say the opposite of another).
+say the opposite of another). The coverage is printed twice: for the reported CI and for
+its round-bootstrap part alone (``interleaved.rounds_ci``), the same reruns scored both
+ways.
 
     .venv/bin/python benchmarks/rerun_stability.py [--reruns 10] [extra overrides...]
 """
@@ -31,13 +33,15 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="quantexp-reruns-"))
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
-    rows = []
+    rows, rounds_only = [], []
     for i in range(args.reruns):
         out = work / f"run{i}"
         subprocess.run([sys.executable, str(ROOT / "run.py"), *args.overrides, f"hydra.run.dir={out}",
                         f"cache_dir={work / 'cache'}"], cwd=ROOT, env=env, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        c = Results.from_json(out / "results.json").comparison
+        results = Results.from_json(out / "results.json")
+        c = results.comparison
+        rounds_only.append(tuple((results.interleaved or {}).get("rounds_ci") or (c.speedup_ci_low, c.speedup_ci_high)))
         rows.append((c.speedup_p50, c.speedup_ci_low, c.speedup_ci_high, c.speedup_verdict, c.speedup_noisy))
         print(f"rerun {i}: {describe_speedup(*rows[-1])}", flush=True)
     ratios = [r[0] for r in rows]
@@ -50,6 +54,8 @@ def main() -> None:
     print(f"CI half-width (% of the ratio): min {min(widths):.1f}, median {statistics.median(widths):.1f}, "
           f"max {max(widths):.1f}")
     print(f"reruns whose CI contains the median of all reruns: {covering}/{args.reruns}")
+    covering_rounds = sum(low <= median <= high for low, high in rounds_only)
+    print(f"... with the round bootstrap alone (no batch means over stretches): {covering_rounds}/{args.reruns}")
     opposite = verdicts.get("faster", 0) and verdicts.get("slower", 0)
     print(f"verdicts: {dict(verdicts)} -> {'OPPOSITE verdicts' if opposite else 'no opposite verdicts'}")
 

@@ -1,5 +1,5 @@
 """Interleaved A/B timing: a reference and a candidate timed in alternating rounds in
-one process, and the speed-up with a bootstrap confidence interval over rounds.
+one process, and the speed-up with a confidence interval over rounds and stretches.
 
 Why interleave: timing fp32 for two seconds and then int8 for two seconds puts any
 drift of the machine between the two phases (a neighbour's job, frequency scaling,
@@ -15,8 +15,24 @@ p50: > 1 means the candidate is faster), so it equals the two latency rows the
 report prints. The CI is a percentile bootstrap over rounds: resample R rounds with
 replacement, pool their calls, take the ratio of the pooled medians. A CI that
 contains 1.0 is "no significant difference"; one whose half-width exceeds
-``noisy_pct`` of the ratio is flagged noisy. The anchors read: pyperf (calibrated
-loops, many independent values, stdev reported next to the mean) and
+``noisy_pct`` of the ratio is flagged noisy.
+
+Rounds are not independent on a shared VM: the speed-up itself (not only both
+sides' speed, which interleaving cancels) wanders over seconds - a 20 s trace of the
+default CNN pair on a 2-core EPYC moved between 1.05x and 1.43x in stretches of ~20
+rounds, same objects, same process - so a bootstrap over single rounds is
+overconfident (its CI contained the median of 37 windows of such traces in 13). The
+reported CI is therefore the union of the round bootstrap and a batch-means interval
+(the standard remedy for autocorrelated series in simulation output analysis): the
+rounds, in the order they were timed, cut into ``drift_stretches`` contiguous
+stretches, one log speed-up per stretch, a Student-t interval around the pooled one.
+A stretch spans wander the round bootstrap misses, and with few of them the t
+quantile keeps the interval honest (27 of those 37 windows). What it cannot see is a
+level that a process holds from start to end (a later trace: three processes at
+1.10x, 1.12x and 1.17x, steady each; 12 of 38 windows). ``drift_stretches=0`` reports
+the round bootstrap alone; ``benchmarks/speedup_drift.py`` redoes the traces.
+
+The anchors read: pyperf (calibrated loops, many independent values, stdev reported next to the mean) and
 ``torch.utils.benchmark`` (``blocked_autorange``: blocks of calls timed together,
 the median as the statistic). ``benchmarks/latency_fidelity.py`` checks this harness
 against ``blocked_autorange`` on the same module.
@@ -48,6 +64,10 @@ class Speedup:
     calls_per_round: int
     verdict: str  # FASTER, SLOWER or SAME (the CI contains 1.0)
     noisy: bool  # the CI's half-width is more than noisy_pct of the ratio
+    # The two intervals whose union is [ci_low, ci_high]: the bootstrap over rounds and
+    # the batch-means interval over contiguous stretches of rounds (None when disabled).
+    rounds_ci: tuple[float, float]
+    drift_ci: tuple[float, float] | None
     # Per-round medians in ms, in the order they were timed (raw values kept so that a
     # reader can redo the statistics); the per-call samples are in each LatencyStats.
     reference_round_ms: list[float] = field(repr=False)
@@ -92,9 +112,7 @@ def bootstrap_ratio_ci(reference: np.ndarray, candidate: np.ndarray, *, n_boot: 
     thousands of rounds a micro-benchmark of a fast layer collects. The resamples are
     taken ``block`` (elements of the working arrays) at a time to bound the memory.
     """
-    if reference.shape != candidate.shape or reference.ndim != 2:
-        raise ValueError(f"need two (rounds, calls) arrays of one shape, got {reference.shape}, "
-                         f"{candidate.shape}")
+    _check_pair(reference, candidate)
     rounds, calls = reference.shape
     idx = np.random.default_rng(seed).integers(0, rounds, size=(n_boot, rounds), dtype=np.int32)
     sides = [_SortedCalls(reference), _SortedCalls(candidate)]
@@ -110,6 +128,12 @@ def bootstrap_ratio_ci(reference: np.ndarray, candidate: np.ndarray, *, n_boot: 
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(ratios, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+def _check_pair(reference: np.ndarray, candidate: np.ndarray) -> None:
+    if reference.shape != candidate.shape or reference.ndim != 2:
+        raise ValueError(f"need two (rounds, calls) arrays of one shape, got {reference.shape}, "
+                         f"{candidate.shape}")
 
 
 class _SortedCalls:
@@ -130,6 +154,31 @@ class _SortedCalls:
         # the value of rank k is the first sorted call with more than k calls at or below it
         low, high = ((held <= rank).sum(axis=0) for rank in self.middle)
         return (self.values[low] + self.values[high]) / 2
+
+
+def batch_means_ratio_ci(reference: np.ndarray, candidate: np.ndarray, *, stretches: int = 4,
+                         confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the speed-up from contiguous stretches of rounds.
+
+    ``reference`` and ``candidate`` are (rounds, calls_per_round) arrays in the order the
+    rounds were timed. The rounds are cut into ``stretches`` contiguous parts (fewer if
+    there are fewer rounds), each part gives one log speed-up (log of the ratio of its
+    two medians), and the interval is the overall log speed-up +- t * their standard
+    error: batch means, which stays valid when neighbouring rounds are correlated as
+    long as the stretches are not (much) correlated with each other.
+    """
+    _check_pair(reference, candidate)
+    parts = min(stretches, len(reference))
+    if parts < 2:
+        raise ValueError(f"need at least 2 stretches of at least one round, got {stretches} over "
+                         f"{len(reference)} rounds")
+    from scipy.stats import t as student_t  # scipy is slow to import; only needed here
+
+    logs = np.log([np.median(a) / np.median(b)
+                   for a, b in zip(np.array_split(reference, parts), np.array_split(candidate, parts))])
+    centre = math.log(np.median(reference) / np.median(candidate))
+    half = float(student_t.ppf(0.5 + confidence / 2.0, parts - 1) * logs.std(ddof=1) / math.sqrt(parts))
+    return math.exp(centre - half), math.exp(centre + half)
 
 
 def verdict_of(ci_low: float, ci_high: float) -> str:
@@ -159,6 +208,7 @@ def measure_interleaved(
     candidate_timer: CallTimer | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
     candidate_batch_size: int | None = None,
+    drift_stretches: int = 4,
 ) -> tuple[LatencyStats, LatencyStats, Speedup]:
     """Time ``reference`` and ``candidate`` (one call = one batch) in alternating rounds.
 
@@ -168,13 +218,17 @@ def measure_interleaved(
     neither side always runs right after the other. Rounds continue until there are
     ``min_rounds`` of them and each side has summed ``min_seconds`` of call time; if a
     side passes ``max_seconds`` first, both stop with ``truncated=True``. Returns each
-    side's ``LatencyStats`` (all its timed calls) and the ``Speedup``.
+    side's ``LatencyStats`` (all its timed calls) and the ``Speedup``, whose CI is the
+    union of the round bootstrap and, unless ``drift_stretches`` is 0, the batch-means
+    interval over that many stretches of rounds (module docstring: why).
     """
     if min_rounds < 2:
         raise ValueError(f"min_rounds must be >= 2 (a CI needs rounds to resample), got {min_rounds}")
     if batch_size < 1 or warmup < 0 or min_iters < 1:
         raise ValueError(f"need batch_size >= 1, warmup >= 0, min_iters >= 1; got {batch_size}, {warmup}, "
                          f"{min_iters}")
+    if drift_stretches == 1 or drift_stretches < 0:
+        raise ValueError(f"drift_stretches must be 0 (off) or >= 2, got {drift_stretches}")
     if min_seconds < 0 or max_seconds <= 0 or max_seconds < min_seconds:
         raise ValueError(f"need 0 <= min_seconds <= max_seconds, max_seconds > 0; got {min_seconds}, "
                          f"{max_seconds}")
@@ -211,16 +265,19 @@ def measure_interleaved(
         for i, arr in enumerate((ref_ms, cand_ms)))
     # Per item, so that a candidate timed at another batch size still compares.
     ratio = (stats[0].p50_ms / batches[0]) / (stats[1].p50_ms / batches[1])
-    low, high = bootstrap_ratio_ci(ref_ms / batches[0], cand_ms / batches[1], n_boot=n_boot,
-                                   confidence=confidence, seed=seed)
+    per_item = (ref_ms / batches[0], cand_ms / batches[1])
+    rounds_ci = bootstrap_ratio_ci(*per_item, n_boot=n_boot, confidence=confidence, seed=seed)
+    drift_ci = (batch_means_ratio_ci(*per_item, stretches=drift_stretches, confidence=confidence)
+                if drift_stretches else None)
+    low, high = rounds_ci if drift_ci is None else (min(rounds_ci[0], drift_ci[0]), max(rounds_ci[1], drift_ci[1]))
     speedup = Speedup(
         ratio=ratio, ci_low=low, ci_high=high, confidence=confidence, rounds=len(calls[0]),
         calls_per_round=per_round, verdict=verdict_of(low, high),
-        noisy=(high - low) / 2.0 > noisy_pct / 100.0 * ratio,
+        noisy=(high - low) / 2.0 > noisy_pct / 100.0 * ratio, rounds_ci=rounds_ci, drift_ci=drift_ci,
         reference_round_ms=np.median(ref_ms, axis=1).tolist(),
         candidate_round_ms=np.median(cand_ms, axis=1).tolist())
     return stats[0], stats[1], speedup
 
 
-__all__ = ["FASTER", "SAME", "SLOWER", "Speedup", "bootstrap_ratio_ci", "describe_speedup",
+__all__ = ["FASTER", "SAME", "SLOWER", "Speedup", "batch_means_ratio_ci", "bootstrap_ratio_ci", "describe_speedup",
            "measure_interleaved", "verdict_of"]

@@ -42,6 +42,10 @@ class BenchConfig:
     max_seconds: float = 60.0
     # Coefficient of variation (%) above which a measurement is flagged noisy.
     noisy_cv_pct: float = 10.0
+    # The speed-up's CI also covers drift within the timing: the rounds are cut into
+    # this many contiguous stretches (batch means, bench/interleaved.py); 0 = the
+    # bootstrap over single rounds alone, which is overconfident on a shared VM.
+    drift_stretches: int = 4
 
     def __post_init__(self) -> None:
         self.validate()
@@ -51,6 +55,8 @@ class BenchConfig:
         if self.min_rounds < 2:
             raise ConfigError(f"bench.min_rounds must be >= 2 (the speed-up's CI resamples rounds), "
                               f"got {self.min_rounds}")
+        if self.drift_stretches < 0 or self.drift_stretches == 1:
+            raise ConfigError(f"bench.drift_stretches must be 0 (off) or >= 2, got {self.drift_stretches}")
         if self.warmup < 0 or self.min_seconds < 0 or self.max_seconds <= 0:
             raise ConfigError("bench.warmup and bench.min_seconds must be >= 0, bench.max_seconds > 0")
 
@@ -58,7 +64,8 @@ class BenchConfig:
         """The keyword arguments of ``bench.interleaved.measure_interleaved`` these
         settings fix (everything but the batch and the statistics)."""
         return {"warmup": self.warmup, "min_rounds": self.min_rounds, "min_iters": self.min_iters,
-                "min_seconds": self.min_seconds, "max_seconds": self.max_seconds}
+                "min_seconds": self.min_seconds, "max_seconds": self.max_seconds,
+                "drift_stretches": self.drift_stretches}
 
 
 @dataclass

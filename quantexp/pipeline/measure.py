@@ -86,6 +86,7 @@ def time_candidates(bundle: ModelBundle, timed: dict[str, tuple[Exported, dict[s
         ref_rt, cand_rt = runnable[reference][0].runtime, runnable[others[0]][0].runtime
         ref_stats, cand_stats, speedup = measure_interleaved(
             lambda: ref_rt(*batch), lambda: cand_rt(*batch), **common, min_rounds=b.min_rounds,
+            drift_stretches=b.drift_stretches,
             noisy_pct=b.noisy_cv_pct, n_boot=exp.eval.bootstrap, confidence=exp.eval.confidence,
             seed=exp.seed, reference_timer=ref_rt.call_timer(), candidate_timer=cand_rt.call_timer())
         _record(runnable[reference][1], ref_stats, ref_rt)

@@ -11,6 +11,7 @@ from quantexp.bench.interleaved import (
     FASTER,
     SAME,
     SLOWER,
+    batch_means_ratio_ci,
     bootstrap_ratio_ci,
     describe_speedup,
     measure_interleaved,
@@ -154,11 +155,56 @@ def test_bootstrap_in_blocks_equals_one_block() -> None:
     assert bootstrap_ratio_ci(ref, cand, n_boot=101, block=150 * 7) == whole  # 7 per block, a short last
 
 
+def test_batch_means_interval_by_hand() -> None:
+    # Four rounds, one stretch each: speed-ups 1.1, 1.1, 1.4, 1.4. log ratios 0.09531 x2 and
+    # 0.33647 x2: sd (n-1) 0.13924, standard error 0.06962, t(3, 0.975) = 3.18245, half-width
+    # 0.22156 around the pooled log ratio ln(1 / median(1/1.1, 1/1.1, 1/1.4, 1/1.4)) = 0.20864.
+    ref = np.ones((4, 1))
+    cand = np.array([[1 / 1.1], [1 / 1.1], [1 / 1.4], [1 / 1.4]])
+    low, high = batch_means_ratio_ci(ref, cand, stretches=4)
+    assert (low, high) == pytest.approx((0.98716, 1.53755), rel=1e-4)
+    # fewer rounds than stretches: one stretch per round; the same rounds in 2 stretches of 2
+    assert batch_means_ratio_ci(ref, cand, stretches=9) == (low, high)
+    assert batch_means_ratio_ci(ref, cand, stretches=2)[1] > high  # t(1) = 12.7: wider
+    with pytest.raises(ValueError, match="2 stretches"):
+        batch_means_ratio_ci(ref[:1], cand[:1])
+
+
+def test_a_speedup_that_wanders_during_the_timing_widens_the_interval() -> None:
+    # The speed-up itself drifts from 1.1x to 1.4x over the timing (as it wanders on a
+    # shared VM): the bootstrap over single rounds sees a steady mixture and holds neither
+    # the first nor the last quarter's speed-up; the batch-means part spans both.
+    m = Machine(noise=0.01, seed=4)
+    calls = {"n": 0}
+
+    def candidate() -> None:
+        ratio = 1.1 + 0.3 * min(calls["n"], 119) / 119  # 40 rounds x 3 calls
+        calls["n"] += 1
+        m.now += int(MS / ratio * (1.0 + m.rng.normal(0.0, 0.01)))
+
+    _, _, speedup = measure_interleaved(m.callable("A", MS), candidate, batch_size=1, warmup=0, min_rounds=40,
+                                        min_iters=120, min_seconds=0, clock=m.clock)
+    per_round = np.array(speedup.reference_round_ms) / np.array(speedup.candidate_round_ms)
+    first, last = np.median(per_round[:10]), np.median(per_round[-10:])
+    assert first < 1.16 and last > 1.34
+    rounds_low, rounds_high = speedup.rounds_ci
+    assert first < rounds_low and rounds_high < last
+    assert speedup.ci_low <= first and last <= speedup.ci_high
+    assert (speedup.ci_low, speedup.ci_high) == (min(rounds_low, speedup.drift_ci[0]),
+                                                 max(rounds_high, speedup.drift_ci[1]))
+    m, calls["n"] = Machine(noise=0.01, seed=4), 0
+    _, _, alone = measure_interleaved(m.callable("A", MS), candidate, batch_size=1, warmup=0, min_rounds=40,
+                                      min_iters=120, min_seconds=0, clock=m.clock, drift_stretches=0)
+    assert alone.drift_ci is None and (alone.ci_low, alone.ci_high) == alone.rounds_ci == speedup.rounds_ci
+
+
 def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="min_rounds"):
         measure_interleaved(lambda: None, lambda: None, batch_size=1, min_rounds=1)
     with pytest.raises(ValueError, match="min_seconds"):
         measure_interleaved(lambda: None, lambda: None, batch_size=1, min_seconds=5, max_seconds=1)
+    with pytest.raises(ValueError, match="drift_stretches"):
+        measure_interleaved(lambda: None, lambda: None, batch_size=1, drift_stretches=1)
 
 
 def test_wording() -> None:

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
     (["model.channels=[0,8]"], "model.channels must be two channel counts"),
     (["model.hidden=0"], "model.hidden must be >= 1"),
     (["model=lstm", "model.layers=0"], "model.layers must be >= 1"),
+    (["bench.drift_stretches=1"], "bench.drift_stretches must be 0 (off) or >= 2, got 1"),
 ])
 def test_schema_refusals_are_one_line(overrides, message):
     with pytest.raises(ConfigError) as err:
