@@ -14,13 +14,13 @@ wander can be seen. Run it on a quiet host.
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+from default_pair import default_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 STRETCHES = (2, 3, 4, 5, 8, 10)
@@ -29,27 +29,9 @@ STRETCHES = (2, 3, 4, 5, 8, 10)
 def child(trace: Path, seconds: float) -> None:
     import torch
 
-    from quantexp.api import compose, validate
     from quantexp.bench.interleaved import measure_interleaved
-    from quantexp.hardware.probe import probe_host
-    from quantexp.methods import get_method
-    from quantexp.models import load_model
-    from quantexp.quant.calibration import draw_calibration
 
-    exp = validate(compose([]))
-    host = probe_host(exp.hardware)
-    bundle = load_model(exp.model, exp.seed, ROOT / ".cache" / "quantexp")
-    calibration = draw_calibration(bundle.train, bundle.test, exp.method.calibration.size, exp.seed)
-    quantized = get_method("ptq_static")(exp.method, exp.precision, host).quantize(bundle, calibration)
-
-    def scripted(module):
-        buffer = io.BytesIO()
-        torch.jit.save(torch.jit.trace(module.eval(), bundle.example_inputs(2), check_trace=False), buffer)
-        buffer.seek(0)
-        return torch.jit.load(buffer)
-
-    fp32, int8 = scripted(bundle.model), scripted(quantized.model)
-    x = bundle.example_inputs(exp.bench.batch_size)
+    _, fp32, int8, x, exp = default_pair()
     with torch.inference_mode():
         a, b, speedup = measure_interleaved(lambda: fp32(*x), lambda: int8(*x), batch_size=exp.bench.batch_size,
                                             min_seconds=seconds, max_seconds=10 * seconds)

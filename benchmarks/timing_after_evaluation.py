@@ -13,12 +13,13 @@ processes.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from default_pair import default_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,27 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def child(evaluate_first: bool, eval_batch: int) -> dict:
     import torch
 
-    from quantexp.api import compose, validate
     from quantexp.bench.interleaved import measure_interleaved
-    from quantexp.hardware.probe import probe_host
-    from quantexp.methods import get_method
-    from quantexp.models import load_model
-    from quantexp.quant.calibration import draw_calibration
 
-    exp = validate(compose([]))
-    host = probe_host(exp.hardware)
-    bundle = load_model(exp.model, exp.seed, ROOT / ".cache" / "quantexp")
-    calibration = draw_calibration(bundle.train, bundle.test, exp.method.calibration.size, exp.seed)
-    quantized = get_method("ptq_static")(exp.method, exp.precision, host).quantize(bundle, calibration)
-
-    def scripted(module):
-        buffer = io.BytesIO()
-        torch.jit.save(torch.jit.trace(module.eval(), bundle.example_inputs(2), check_trace=False), buffer)
-        buffer.seek(0)
-        return torch.jit.load(buffer)
-
-    fp32, int8 = scripted(bundle.model), scripted(quantized.model)
-    x = bundle.example_inputs(exp.bench.batch_size)
+    bundle, fp32, int8, x, exp = default_pair()
     with torch.inference_mode():
         if evaluate_first:
             items = bundle.test.inputs[0]
