@@ -32,8 +32,8 @@ level that a process holds from start to end (a later trace: three processes at
 1.10x, 1.12x and 1.17x, steady each; 12 of 38 windows). ``drift_stretches=0`` reports
 the round bootstrap alone; ``benchmarks/speedup_drift.py`` redoes the traces.
 
-The anchors read: pyperf (calibrated loops, many independent values, stdev reported next to the mean) and
-``torch.utils.benchmark`` (``blocked_autorange``: blocks of calls timed together,
+The anchors read: pyperf (calibrated loops, many independent values, stdev reported
+next to the mean) and ``torch.utils.benchmark`` (``blocked_autorange``: blocks of calls timed together,
 the median as the statistic). ``benchmarks/latency_fidelity.py`` checks this harness
 against ``blocked_autorange`` on the same module.
 """
@@ -279,5 +279,5 @@ def measure_interleaved(
     return stats[0], stats[1], speedup
 
 
-__all__ = ["FASTER", "SAME", "SLOWER", "Speedup", "batch_means_ratio_ci", "bootstrap_ratio_ci", "describe_speedup",
-           "measure_interleaved", "verdict_of"]
+__all__ = ["FASTER", "SAME", "SLOWER", "Speedup", "batch_means_ratio_ci", "bootstrap_ratio_ci",
+           "describe_speedup", "measure_interleaved", "verdict_of"]

@@ -163,9 +163,10 @@ def test_batch_means_interval_by_hand() -> None:
     cand = np.array([[1 / 1.1], [1 / 1.1], [1 / 1.4], [1 / 1.4]])
     low, high = batch_means_ratio_ci(ref, cand, stretches=4)
     assert (low, high) == pytest.approx((0.98716, 1.53755), rel=1e-4)
-    # fewer rounds than stretches: one stretch per round; the same rounds in 2 stretches of 2
+    # more stretches asked than rounds: one stretch per round, the same interval
     assert batch_means_ratio_ci(ref, cand, stretches=9) == (low, high)
-    assert batch_means_ratio_ci(ref, cand, stretches=2)[1] > high  # t(1) = 12.7: wider
+    # two stretches of two rounds: the same spread of log ratios, but t(1) = 12.7: wider
+    assert batch_means_ratio_ci(ref, cand, stretches=2)[1] > high
     with pytest.raises(ValueError, match="2 stretches"):
         batch_means_ratio_ci(ref[:1], cand[:1])
 
