@@ -33,8 +33,8 @@ level that a process holds from start to end (a later trace: three processes at
 the round bootstrap alone; ``benchmarks/speedup_drift.py`` redoes the traces.
 
 The anchors read: pyperf (calibrated loops, many independent values, stdev reported
-next to the mean) and ``torch.utils.benchmark`` (``blocked_autorange``: blocks of calls timed together,
-the median as the statistic). ``benchmarks/latency_fidelity.py`` checks this harness
+next to the mean) and ``torch.utils.benchmark`` (``blocked_autorange``: blocks of
+calls timed together, the median as the statistic). ``benchmarks/latency_fidelity.py`` checks this harness
 against ``blocked_autorange`` on the same module.
 """
 
