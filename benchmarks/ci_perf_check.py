@@ -4,7 +4,15 @@ in one process, compared with the committed baseline (benchmarks/ci_baseline/) b
 CI machine, which slows fp32 and int8 alike, is not a regression; a change that loses
 int8 its speed-up (or accuracy) is. Exit 0: no regression; 1: a regression; 2: bad input.
 
+A flagged regression is confirmed before it fails CI: the check runs again, up to
+``--confirm`` times in all, and passes at the first run that does not flag one. A change
+that loses int8 its speed-up flags it every time; a shared host does not always: on a
+slower 2-core EPYC VM (2026-12-05) the int8 speed-up of this experiment was 1.06-1.18x
+against the baseline's 1.40x, so one check in two or three read a loss of just over
+20 %, while the planted ptq_dynamic read 1.02x (a loss of 27 %) every time.
+
     .venv/bin/python benchmarks/ci_perf_check.py                 # what .ci/run does after the tests
+    .venv/bin/python benchmarks/ci_perf_check.py --confirm 1     # one run: a flagged regression fails
     .venv/bin/python benchmarks/ci_perf_check.py --repeat 10     # flakiness: 10 checks, count failures
     .venv/bin/python benchmarks/ci_perf_check.py --update-baseline   # re-pin (commit the result)
     .venv/bin/python benchmarks/ci_perf_check.py method=ptq_dynamic  # a planted regression: should fail
@@ -48,9 +56,13 @@ def check(out: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="run the check N times and count failures")
+    parser.add_argument("--confirm", type=int, default=5,
+                        help="runs in all before a flagged regression fails (passes at the first clean run)")
     parser.add_argument("--update-baseline", action="store_true", help="measure and store a new baseline")
     parser.add_argument("overrides", nargs="*", help="extra overrides for the candidate run")
     args = parser.parse_args()
+    if args.confirm < 1 or args.repeat < 1:
+        parser.error("--confirm and --repeat must be >= 1")
     work = Path(tempfile.mkdtemp(prefix="quantexp-ci-perf-"))
     cache = ROOT / ".cache" / "ci-perf"
     if args.update_baseline:
@@ -61,11 +73,26 @@ def main() -> int:
             shutil.copy(out / name, BASELINE / name)
         print(f"baseline written to {BASELINE}: commit it")
         return 0
-    codes = [check(run_experiment(work / f"check{i}", cache, args.overrides)) for i in range(args.repeat)]
-    if args.repeat > 1:
+    if args.repeat > 1:  # flakiness: every run's own verdict, unconfirmed
+        codes = [check(run_experiment(work / f"check{i}", cache, args.overrides)) for i in range(args.repeat)]
         print(f"{args.repeat} checks: {codes.count(0)} passed, {codes.count(1)} flagged a regression, "
               f"{sum(c not in (0, 1) for c in codes)} errors")
-    return max(codes)
+        return max(codes)
+    return confirmed(lambda i: check(run_experiment(work / f"check{i}", cache, args.overrides)), args.confirm)
+
+
+def confirmed(run_check, attempts: int) -> int:
+    """0 at the first check that passes, 2 at the first error, 1 when all ``attempts``
+    checks flag a regression."""
+    for i in range(attempts):
+        code = run_check(i)
+        if code != 1:
+            return code
+        if i + 1 < attempts:
+            print(f"check {i + 1} of up to {attempts} flagged a regression: running it again "
+                  f"(a regression in the code flags every run)", flush=True)
+    print(f"a regression in all {attempts} checks")
+    return 1
 
 
 if __name__ == "__main__":
