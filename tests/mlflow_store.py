@@ -11,27 +11,21 @@ behind) do not take one.
 from __future__ import annotations
 
 import functools
-import os
 import shutil
 from pathlib import Path
 
-from tests.session import session_dir
+from tests.session import built_once
 
 
 @functools.cache
 def _template() -> Path:
-    from filelock import FileLock
+    return built_once("empty-mlflow-store", _migrate) / "mlflow.db"  # workers of one session: the first builds it
 
-    folder = session_dir()
-    template = folder / "empty-mlflow.db"
-    with FileLock(f"{template}.lock"):  # workers of one session: the first builds it
-        if not template.exists():
-            from mlflow.tracking import MlflowClient
 
-            building = folder / f"building-{os.getpid()}.db"
-            MlflowClient(f"sqlite:///{building}").search_experiments()  # the store's first use: migrations
-            os.replace(building, template)
-    return template
+def _migrate(folder: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{folder / 'mlflow.db'}").search_experiments()  # the store's first use: migrations
 
 
 def seeded_store(folder: Path) -> str:
