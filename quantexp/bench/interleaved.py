@@ -34,8 +34,8 @@ the round bootstrap alone; ``benchmarks/speedup_drift.py`` redoes the traces.
 
 The anchors read: pyperf (calibrated loops, many independent values, stdev reported
 next to the mean) and ``torch.utils.benchmark`` (``blocked_autorange``: blocks of
-calls timed together, the median as the statistic). ``benchmarks/latency_fidelity.py`` checks this harness
-against ``blocked_autorange`` on the same module.
+calls timed together, the median as the statistic). ``benchmarks/latency_fidelity.py``
+checks this harness against ``blocked_autorange`` on the same module.
 """
 
 from __future__ import annotations

@@ -150,7 +150,8 @@ def serve(arrivals_s: np.ndarray, infer: Callable[[np.ndarray, str], object], po
         nonlocal config, start_interval, batches, first_of_interval
         in_window = (done_at >= start_interval) & (done_at < end)
         lat = latency[in_window]
-        arrived = int(((arrivals_s >= start_interval) & (arrivals_s < end)).sum())
+        end_index = int(np.searchsorted(arrivals_s, end))  # arrivals (sorted) before ``end``
+        arrived = end_index - first_of_interval
         sizes = [size for _, size in batches]
         stats = IntervalStats(len(intervals), start_interval, end, config, arrived, int(in_window.sum()),
                               percentile_ms(lat, 50), percentile_ms(lat, 99), len(queue),
@@ -159,8 +160,7 @@ def serve(arrivals_s: np.ndarray, infer: Callable[[np.ndarray, str], object], po
         if on_interval is not None:
             on_interval(stats)
         config = policy.decide(stats)
-        start_interval, batches = end, []
-        first_of_interval = int(np.searchsorted(arrivals_s, end))
+        start_interval, batches, first_of_interval = end, [], end_index
 
     while True:
         now = clock() - t0
