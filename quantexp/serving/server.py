@@ -132,7 +132,7 @@ def serve(arrivals_s: np.ndarray, infer: Callable[[np.ndarray, str], object], po
           on_interval: Callable[[IntervalStats], None] | None = None,
           clock: Callable[[], float] = time.perf_counter,
           sleep: Callable[[float], None] = time.sleep) -> PhaseResult:
-    """Serve every request of ``arrivals_s`` (seconds from the start) with ``infer(request
+    """Serve every request of ``arrivals_s`` (seconds from the start, increasing) with ``infer(request
     ids, precision)``; stop when all are served or ``drain_s`` after the last arrival."""
     n = len(arrivals_s)
     latency = np.full(n, np.nan)
