@@ -4,7 +4,8 @@ and prints each rerun's speed-up with its 95% CI, the spread (min/median/max), w
 every rerun's CI contains the median of all reruns, and the verdicts (no rerun should
 say the opposite of another). The coverage is printed twice: for the reported CI and for
 its round-bootstrap part alone (``interleaved.rounds_ci``), the same reruns scored both
-ways.
+ways. With ``bench.processes`` > 1 (the default) each rerun also prints the speed-up
+each of its processes measured.
 
     .venv/bin/python benchmarks/rerun_stability.py [--reruns 10] [extra overrides...]
 """
@@ -43,7 +44,9 @@ def main() -> None:
         c = results.comparison
         rounds_only.append(tuple((results.interleaved or {}).get("rounds_ci") or (c.speedup_ci_low, c.speedup_ci_high)))
         rows.append((c.speedup_p50, c.speedup_ci_low, c.speedup_ci_high, c.speedup_verdict, c.speedup_noisy))
-        print(f"rerun {i}: {describe_speedup(*rows[-1])}", flush=True)
+        levels = ", ".join(f"{r:.2f}" for r in (results.interleaved or {}).get("process_ratios") or [])
+        print(f"rerun {i}: {describe_speedup(*rows[-1])}" + (f"  (per process: {levels})" if levels else ""),
+              flush=True)
     ratios = [r[0] for r in rows]
     median = statistics.median(ratios)
     covering = sum(low <= median <= high for _, low, high, _, _ in rows)
@@ -55,7 +58,8 @@ def main() -> None:
           f"max {max(widths):.1f}")
     print(f"reruns whose CI contains the median of all reruns: {covering}/{args.reruns}")
     covering_rounds = sum(low <= median <= high for low, high in rounds_only)
-    print(f"... with the round bootstrap alone (no batch means over stretches): {covering_rounds}/{args.reruns}")
+    print(f"... with the round bootstrap alone (no batch means over stretches or processes): "
+          f"{covering_rounds}/{args.reruns}")
     opposite = verdicts.get("faster", 0) and verdicts.get("slower", 0)
     print(f"verdicts: {dict(verdicts)} -> {'OPPOSITE verdicts' if opposite else 'no opposite verdicts'}")
 

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import quantexp
+from quantexp.bench import forks
 from quantexp.results import Results
 from tests.mlflow_store import seeded_store
 
@@ -42,10 +43,24 @@ def test_readme_example_runs_as_written(tmp_path):
     assert "layers in int8:" in proc.stdout and "QuantizedLinear" in proc.stdout
 
 
-def test_run_returns_the_results_it_wrote(tmp_path):
+def test_run_returns_the_results_it_wrote(tmp_path, monkeypatch):
+    # This test process has run torch work on two threads before (these lines make sure;
+    # an xdist worker runs on one, which starts no OpenMP pool), so the fork server the
+    # run starts cannot time (bench/forks.py): found out within the alive limit, the run
+    # times in its own process and says why.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.ones(1 << 20).sin_()
+    torch.set_num_threads(threads)
+    monkeypatch.setattr(forks, "_shared", None)
+    monkeypatch.setattr(forks, "ALIVE_TIMEOUT_S", 3.0)
     results = quantexp.run("cnn", "ptq_dynamic", "+debug=tiny", model__epochs=1, model__n_train=300,
                            method__calibration__size=16, tracking__enabled=False,
                            cache_dir=str(tmp_path / "cache"), output_dir=tmp_path / "run")
+    timing = results.interleaved
+    assert timing["processes"] == 1 and len(timing["process_ratios"]) == 1
+    assert timing["processes_note"].startswith("timed in 1 of 2 processes: a process forked for timing did "
+                                               "not run a parallel op within 3 s")
     assert isinstance(results, Results)
     written = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results.to_dict() == written

@@ -32,6 +32,15 @@ level that a process holds from start to end (a later trace: three processes at
 1.10x, 1.12x and 1.17x, steady each; 12 of 38 windows). ``drift_stretches=0`` reports
 the round bootstrap alone; ``benchmarks/speedup_drift.py`` redoes the traces.
 
+Hence sessions: ``time_rounds`` times one process's rounds and returns them raw, and
+``speedup_of`` pools the sessions of several processes (``bench.processes``; the
+others are forks, ``bench/forks.py``): the ratio of the pooled medians, and, in place
+of the stretches, one batch per process - the t interval then spans the levels the
+processes held (10 reruns of the default experiment, 5 processes each: 9 of 10
+intervals held the median of all reruns, against 5-6 of 10 in one process).
+``measure_interleaved`` is the one-process case, for callers that time two modules
+they hold (the mixed method's int8 check, the kernel table).
+
 The anchors read: pyperf (calibrated loops, many independent values, stdev reported
 next to the mean) and ``torch.utils.benchmark`` (``blocked_autorange``: blocks of
 calls timed together, the median as the statistic). ``benchmarks/latency_fidelity.py``
@@ -68,6 +77,10 @@ class Speedup:
     # the batch-means interval over contiguous stretches of rounds (None when disabled).
     rounds_ci: tuple[float, float]
     drift_ci: tuple[float, float] | None
+    # How many processes the rounds were timed in (bench.processes; the batch-means
+    # interval is then over processes) and each process's own ratio of medians.
+    processes: int
+    process_ratios: list[float]
     # Per-round medians in ms, in the order they were timed (raw values kept so that a
     # reader can redo the statistics); the per-call samples are in each LatencyStats.
     reference_round_ms: list[float] = field(repr=False)
@@ -172,12 +185,20 @@ def batch_means_ratio_ci(reference: np.ndarray, candidate: np.ndarray, *, stretc
     if parts < 2:
         raise ValueError(f"need at least 2 stretches of at least one round, got {stretches} over "
                          f"{len(reference)} rounds")
-    from scipy.stats import t as student_t  # scipy is slow to import; only needed here
-
     logs = np.log([np.median(a) / np.median(b)
                    for a, b in zip(np.array_split(reference, parts), np.array_split(candidate, parts))])
-    centre = math.log(np.median(reference) / np.median(candidate))
-    half = float(student_t.ppf(0.5 + confidence / 2.0, parts - 1) * logs.std(ddof=1) / math.sqrt(parts))
+    return log_t_interval(math.log(np.median(reference) / np.median(candidate)), logs, confidence)
+
+
+def log_t_interval(centre: float, logs: np.ndarray, confidence: float) -> tuple[float, float]:
+    """exp(centre +- t * standard error of ``logs``): the Student-t interval of a speed-up
+    from independent batches (stretches of rounds, or processes), each one log speed-up."""
+    from scipy.stats import t as student_t  # scipy is slow to import (seconds); only needed here
+
+    n = len(logs)
+    if n < 2:
+        raise ValueError(f"need at least 2 batches, got {n}")
+    half = float(student_t.ppf(0.5 + confidence / 2.0, n - 1) * np.std(logs, ddof=1) / math.sqrt(n))
     return math.exp(centre - half), math.exp(centre + half)
 
 
@@ -187,6 +208,137 @@ def verdict_of(ci_low: float, ci_high: float) -> str:
     if ci_high < 1.0:
         return SLOWER
     return SAME
+
+
+@dataclass(frozen=True)
+class RoundTimes:
+    """One process's interleaved timing, raw: every timed call's nanoseconds, per round
+    and side, in the order the rounds ran. Plain data, so that a timing done in another
+    process (``bench.forks``) comes back as it is and is pooled with this one's."""
+
+    reference_ns: list[list[int]]  # rounds x calls_per_round
+    candidate_ns: list[list[int]]
+    first_call_ms: tuple[float, float]  # each side's cold first call
+    total_ns: tuple[int, int]  # each side's summed call time
+    truncated: bool  # max_seconds stopped the rounds before min_rounds / min_seconds
+
+
+def time_rounds(
+    reference: Callable[[], object],
+    candidate: Callable[[], object],
+    *,
+    warmup: int = 5,
+    min_rounds: int = 10,
+    min_iters: int = 30,
+    min_seconds: float = 2.0,
+    max_seconds: float = 60.0,
+    reference_timer: CallTimer | None = None,
+    candidate_timer: CallTimer | None = None,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> RoundTimes:
+    """Time ``reference`` and ``candidate`` (one call = one batch) in alternating rounds.
+
+    Order: each side's cold first call timed alone, then ``warmup`` untimed calls of
+    each, then rounds of ``calls_per_round = ceil(min_iters / min_rounds)`` timed calls
+    per side, the order of the two blocks swapped every round (AB, BA, AB, ...) so that
+    neither side always runs right after the other. Rounds continue until there are
+    ``min_rounds`` of them and each side has summed ``min_seconds`` of call time; if a
+    side passes ``max_seconds`` first, both stop with ``truncated=True``.
+    """
+    if min_rounds < 2:
+        raise ValueError(f"min_rounds must be >= 2 (a CI needs rounds to resample), got {min_rounds}")
+    if warmup < 0 or min_iters < 1:
+        raise ValueError(f"need warmup >= 0, min_iters >= 1; got {warmup}, {min_iters}")
+    if min_seconds < 0 or max_seconds <= 0 or max_seconds < min_seconds:
+        raise ValueError(f"need 0 <= min_seconds <= max_seconds, max_seconds > 0; got {min_seconds}, "
+                         f"{max_seconds}")
+    timers = (reference_timer or wall_clock_timer(clock), candidate_timer or wall_clock_timer(clock))
+    fns = (reference, candidate)
+    first_ms = tuple(timers[i](fns[i]) / NS_PER_MS for i in (0, 1))
+    for _ in range(warmup):
+        reference()
+        candidate()
+
+    per_round = max(1, math.ceil(min_iters / min_rounds))
+    calls: tuple[list[list[int]], list[list[int]]] = ([], [])
+    total_ns = [0, 0]
+    min_ns, max_ns = min_seconds * NS_PER_S, max_seconds * NS_PER_S
+    truncated = False
+    while True:
+        order = (0, 1) if len(calls[0]) % 2 == 0 else (1, 0)
+        for side in order:
+            block = [int(timers[side](fns[side])) for _ in range(per_round)]
+            calls[side].append(block)
+            total_ns[side] += sum(block)
+        if len(calls[0]) >= min_rounds and min(total_ns) >= min_ns:
+            break
+        if max(total_ns) >= max_ns:
+            truncated = True
+            break
+    return RoundTimes(calls[0], calls[1], first_ms, (total_ns[0], total_ns[1]), truncated)
+
+
+def speedup_of(
+    sessions: list[RoundTimes],
+    *,
+    batch_size: int,
+    candidate_batch_size: int | None = None,
+    noisy_cv_pct: float = 10.0,
+    noisy_pct: float = 10.0,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    drift_stretches: int = 4,
+) -> tuple[LatencyStats, LatencyStats, Speedup]:
+    """Each side's ``LatencyStats`` (every timed call of every session) and the ``Speedup``.
+
+    The ratio is that of the pooled medians; its CI is the union of the round
+    bootstrap (over all sessions' rounds) and a batch-means interval: over
+    ``drift_stretches`` stretches of the one session's rounds, or, with several
+    sessions (timed in as many processes), one batch per process, so that a level a
+    process holds from start to end is in the interval (module docstring: why).
+    ``drift_stretches=0`` with one session: the round bootstrap alone.
+    """
+    if not sessions:
+        raise ValueError("need at least one timing session")
+    if drift_stretches == 1 or drift_stretches < 0:
+        raise ValueError(f"drift_stretches must be 0 (off) or >= 2, got {drift_stretches}")
+    if batch_size < 1:
+        raise ValueError(f"need batch_size >= 1, got {batch_size}")
+    per_round = {len(s.reference_ns[0]) for s in sessions}
+    if len(per_round) != 1:
+        raise ValueError(f"sessions timed with different calls per round: {sorted(per_round)}")
+    arrays = [(np.asarray(s.reference_ns, dtype=np.float64) / NS_PER_MS,
+               np.asarray(s.candidate_ns, dtype=np.float64) / NS_PER_MS) for s in sessions]
+    ref_ms = np.concatenate([a for a, _ in arrays])
+    cand_ms = np.concatenate([b for _, b in arrays])
+    truncated = any(s.truncated for s in sessions)
+    batches = (batch_size, candidate_batch_size or batch_size)
+    stats = tuple(
+        stats_from_samples(arr.ravel().tolist(), first_call_ms=sessions[0].first_call_ms[i],
+                            total_ns=sum(s.total_ns[i] for s in sessions), batch_size=batches[i],
+                            noisy_cv_pct=noisy_cv_pct, truncated=truncated)
+        for i, arr in enumerate((ref_ms, cand_ms)))
+    # Per item, so that a candidate timed at another batch size still compares.
+    ratio = (stats[0].p50_ms / batches[0]) / (stats[1].p50_ms / batches[1])
+    per_item = (ref_ms / batches[0], cand_ms / batches[1])
+    rounds_ci = bootstrap_ratio_ci(*per_item, n_boot=n_boot, confidence=confidence, seed=seed)
+    process_ratios = [float((np.median(a) / batches[0]) / (np.median(b) / batches[1])) for a, b in arrays]
+    if len(sessions) > 1:
+        drift_ci = log_t_interval(math.log(ratio), np.log(process_ratios), confidence)
+    elif drift_stretches:
+        drift_ci = batch_means_ratio_ci(*per_item, stretches=drift_stretches, confidence=confidence)
+    else:
+        drift_ci = None
+    low, high = rounds_ci if drift_ci is None else (min(rounds_ci[0], drift_ci[0]), max(rounds_ci[1], drift_ci[1]))
+    speedup = Speedup(
+        ratio=ratio, ci_low=low, ci_high=high, confidence=confidence, rounds=len(ref_ms),
+        calls_per_round=per_round.pop(), verdict=verdict_of(low, high),
+        noisy=(high - low) / 2.0 > noisy_pct / 100.0 * ratio, rounds_ci=rounds_ci, drift_ci=drift_ci,
+        processes=len(sessions), process_ratios=process_ratios,
+        reference_round_ms=np.median(ref_ms, axis=1).tolist(),
+        candidate_round_ms=np.median(cand_ms, axis=1).tolist())
+    return stats[0], stats[1], speedup
 
 
 def measure_interleaved(
@@ -210,74 +362,21 @@ def measure_interleaved(
     candidate_batch_size: int | None = None,
     drift_stretches: int = 4,
 ) -> tuple[LatencyStats, LatencyStats, Speedup]:
-    """Time ``reference`` and ``candidate`` (one call = one batch) in alternating rounds.
-
-    Order: each side's cold first call timed alone, then ``warmup`` untimed calls of
-    each, then rounds of ``calls_per_round = ceil(min_iters / min_rounds)`` timed calls
-    per side, the order of the two blocks swapped every round (AB, BA, AB, ...) so that
-    neither side always runs right after the other. Rounds continue until there are
-    ``min_rounds`` of them and each side has summed ``min_seconds`` of call time; if a
-    side passes ``max_seconds`` first, both stop with ``truncated=True``. Returns each
-    side's ``LatencyStats`` (all its timed calls) and the ``Speedup``, whose CI is the
-    union of the round bootstrap and, unless ``drift_stretches`` is 0, the batch-means
-    interval over that many stretches of rounds (module docstring: why).
-    """
-    if min_rounds < 2:
-        raise ValueError(f"min_rounds must be >= 2 (a CI needs rounds to resample), got {min_rounds}")
-    if batch_size < 1 or warmup < 0 or min_iters < 1:
-        raise ValueError(f"need batch_size >= 1, warmup >= 0, min_iters >= 1; got {batch_size}, {warmup}, "
-                         f"{min_iters}")
+    """``time_rounds`` in this process, then ``speedup_of`` that one session: each
+    side's ``LatencyStats`` and the ``Speedup`` (its CI: the round bootstrap and,
+    unless ``drift_stretches`` is 0, batch means over that many stretches of rounds)."""
+    if batch_size < 1:
+        raise ValueError(f"need batch_size >= 1, got {batch_size}")
     if drift_stretches == 1 or drift_stretches < 0:
         raise ValueError(f"drift_stretches must be 0 (off) or >= 2, got {drift_stretches}")
-    if min_seconds < 0 or max_seconds <= 0 or max_seconds < min_seconds:
-        raise ValueError(f"need 0 <= min_seconds <= max_seconds, max_seconds > 0; got {min_seconds}, "
-                         f"{max_seconds}")
-    timers = (reference_timer or wall_clock_timer(clock), candidate_timer or wall_clock_timer(clock))
-    fns = (reference, candidate)
-    first_ms = [timers[i](fns[i]) / NS_PER_MS for i in (0, 1)]
-    for _ in range(warmup):
-        reference()
-        candidate()
-
-    per_round = max(1, math.ceil(min_iters / min_rounds))
-    calls: tuple[list[list[int]], list[list[int]]] = ([], [])
-    total_ns = [0, 0]
-    min_ns, max_ns = min_seconds * NS_PER_S, max_seconds * NS_PER_S
-    truncated = False
-    while True:
-        order = (0, 1) if len(calls[0]) % 2 == 0 else (1, 0)
-        for side in order:
-            block = [timers[side](fns[side]) for _ in range(per_round)]
-            calls[side].append(block)
-            total_ns[side] += sum(block)
-        if len(calls[0]) >= min_rounds and min(total_ns) >= min_ns:
-            break
-        if max(total_ns) >= max_ns:
-            truncated = True
-            break
-
-    ref_ms = np.asarray(calls[0], dtype=np.float64) / NS_PER_MS
-    cand_ms = np.asarray(calls[1], dtype=np.float64) / NS_PER_MS
-    batches = (batch_size, candidate_batch_size or batch_size)
-    stats = tuple(
-        stats_from_samples(arr.ravel().tolist(), first_call_ms=first_ms[i], total_ns=total_ns[i],
-                            batch_size=batches[i], noisy_cv_pct=noisy_cv_pct, truncated=truncated)
-        for i, arr in enumerate((ref_ms, cand_ms)))
-    # Per item, so that a candidate timed at another batch size still compares.
-    ratio = (stats[0].p50_ms / batches[0]) / (stats[1].p50_ms / batches[1])
-    per_item = (ref_ms / batches[0], cand_ms / batches[1])
-    rounds_ci = bootstrap_ratio_ci(*per_item, n_boot=n_boot, confidence=confidence, seed=seed)
-    drift_ci = (batch_means_ratio_ci(*per_item, stretches=drift_stretches, confidence=confidence)
-                if drift_stretches else None)
-    low, high = rounds_ci if drift_ci is None else (min(rounds_ci[0], drift_ci[0]), max(rounds_ci[1], drift_ci[1]))
-    speedup = Speedup(
-        ratio=ratio, ci_low=low, ci_high=high, confidence=confidence, rounds=len(calls[0]),
-        calls_per_round=per_round, verdict=verdict_of(low, high),
-        noisy=(high - low) / 2.0 > noisy_pct / 100.0 * ratio, rounds_ci=rounds_ci, drift_ci=drift_ci,
-        reference_round_ms=np.median(ref_ms, axis=1).tolist(),
-        candidate_round_ms=np.median(cand_ms, axis=1).tolist())
-    return stats[0], stats[1], speedup
+    session = time_rounds(reference, candidate, warmup=warmup, min_rounds=min_rounds, min_iters=min_iters,
+                          min_seconds=min_seconds, max_seconds=max_seconds, reference_timer=reference_timer,
+                          candidate_timer=candidate_timer, clock=clock)
+    return speedup_of([session], batch_size=batch_size, candidate_batch_size=candidate_batch_size,
+                      noisy_cv_pct=noisy_cv_pct, noisy_pct=noisy_pct, n_boot=n_boot, confidence=confidence,
+                      seed=seed, drift_stretches=drift_stretches)
 
 
-__all__ = ["FASTER", "SAME", "SLOWER", "Speedup", "batch_means_ratio_ci", "bootstrap_ratio_ci",
-           "describe_speedup", "measure_interleaved", "verdict_of"]
+__all__ = ["FASTER", "SAME", "SLOWER", "RoundTimes", "Speedup", "batch_means_ratio_ci", "bootstrap_ratio_ci",
+           "describe_speedup", "log_t_interval", "measure_interleaved", "speedup_of", "time_rounds",
+           "verdict_of"]

@@ -46,6 +46,11 @@ class BenchConfig:
     # this many contiguous stretches (batch means, bench/interleaved.py); 0 = the
     # bootstrap over single rounds alone, which is overconfident on a shared VM.
     drift_stretches: int = 4
+    # The timing runs in this many processes - this one and processes-1 forked from a
+    # clean copy of it made when the run starts - each for 1/processes of min_seconds;
+    # the CI then spans the level each process holds (bench/forks.py). 1 = this one only.
+    # On the CPU only; 2 gives a wide interval (a t quantile with 1 degree of freedom).
+    processes: int = 5
 
     def __post_init__(self) -> None:
         self.validate()
@@ -55,6 +60,9 @@ class BenchConfig:
         if self.min_rounds < 2:
             raise ConfigError(f"bench.min_rounds must be >= 2 (the speed-up's CI resamples rounds), "
                               f"got {self.min_rounds}")
+        if self.processes < 1:
+            raise ConfigError(f"bench.processes must be >= 1 (1 = time in the run's own process), "
+                              f"got {self.processes}")
         if self.drift_stretches < 0 or self.drift_stretches == 1:
             raise ConfigError(f"bench.drift_stretches must be 0 (off) or >= 2, got {self.drift_stretches}")
         if self.warmup < 0 or self.min_seconds < 0 or self.max_seconds <= 0:

@@ -100,17 +100,25 @@ def select_quantized_engine(supported: list[str], cpu: CpuInfo) -> str:
     return choose_engine("auto", supported, cpu)[0]
 
 
+def apply_torch_settings(threads: int, engine: str) -> None:
+    """The process-wide torch settings a run fixes: its thread count and int8 engine.
+    Also applied by each process a run times in (``bench.processes``)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    if engine != "none":
+        torch.backends.quantized.engine = engine
+
+
 def probe_host(hw: HardwareConfig) -> HostInfo:
     """Fix the thread count and quantized engine for this run and describe the host."""
     import torch
 
     cpu = read_cpu_info()
     threads = hw.threads or cpu.usable_cores
-    torch.set_num_threads(threads)
     engine, engine_reason = choose_engine(getattr(hw.engine, "value", hw.engine),
                                           list(torch.backends.quantized.supported_engines), cpu)
-    if engine != "none":
-        torch.backends.quantized.engine = engine
+    apply_torch_settings(threads, engine)
     ort = ort_settings(threads, getattr(hw.ort_execution_mode, "value", hw.ort_execution_mode),
                        hw.ort_inter_op_threads, cpu)
     return HostInfo(

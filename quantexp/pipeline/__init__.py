@@ -21,6 +21,7 @@ import torch
 
 from quantexp import progress
 from quantexp.analysis.accuracy import compare_predictions
+from quantexp.bench.forks import ForkServer, shared_fork_server
 from quantexp.bench.memory import process_peak_rss_mb
 from quantexp.config import ExperimentConfig
 from quantexp.exporters import get_exporter
@@ -71,12 +72,14 @@ def run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log=None,
 
     ``reference_cache``: a sweep's folder for the fp32 reference (exported and evaluated
     by the first job that needs it, re-timed by every job; ``pipeline.reference``)."""
+    # Forked before any torch work, so that its forks can time (bench/forks.py: why)
+    forks = shared_fork_server() if exp.bench.processes > 1 and exp.hardware.device == "cpu" else None
     with progress.display():
-        return _run(exp, output_dir, cache_dir, log, reference_cache)
+        return _run(exp, output_dir, cache_dir, log, reference_cache, forks)
 
 
 def _run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log,
-         reference_cache: Path | None) -> dict[str, Any]:
+         reference_cache: Path | None, forks: ForkServer | None) -> dict[str, Any]:
     stages = StageTimer()
     with stages("probe"):
         host = probe_host(exp.hardware)
@@ -158,8 +161,11 @@ def _run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log,
                                                    not_measured)
     timed[label] = (exported, candidates[label])
     runnable = [name for name, (exported, _) in timed.items() if exported.runtime is not None]
-    with stages("timing", "timing " + " vs ".join(runnable) + (" (interleaved)" if len(runnable) == 2 else "")):
-        speedup = time_candidates(bundle, timed, exp)
+    interleaved = ""
+    if len(runnable) == 2:
+        interleaved = " (interleaved" + (f", {exp.bench.processes} processes)" if forks else ")")
+    with stages("timing", "timing " + " vs ".join(runnable) + interleaved):
+        speedup = time_candidates(bundle, timed, exp, host, forks)
     deployment = None
     if exp.deployment is not None:
         with stages("deployment", f"deployment {exp.deployment.name}: serving {label} in a limited process"):

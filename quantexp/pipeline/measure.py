@@ -9,21 +9,27 @@ facts; its accuracy and latency are recorded as not measured, with the reason.
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from quantexp.analysis.accuracy import accuracy
-from quantexp.bench.interleaved import measure_interleaved
+from quantexp.bench.forks import ForkError, ForkServer
+from quantexp.bench.interleaved import RoundTimes, speedup_of, time_rounds
 from quantexp.bench.latency import LatencyStats, measure_latency
 from quantexp.bench.memory import CudaPeakMemory, MpsPeakMemory, PeakRSSSampler
 from quantexp.bench.size import bits_per_parameter, path_size_bytes
-from quantexp.config import ExperimentConfig
-from quantexp.exporters import Exported
+from quantexp.config import ExperimentConfig, ExporterConfig
+from quantexp.exporters import Exported, get_exporter
 from quantexp.hardware import HostInfo
+from quantexp.hardware.probe import apply_torch_settings
 from quantexp.models.base import ModelBundle
 from quantexp.runtimes import predict
+
+log = logging.getLogger(__name__)
 
 
 def evaluate(bundle: ModelBundle, exported: Exported, model: torch.nn.Module | None, tag: str,
@@ -69,34 +75,80 @@ def evaluate(bundle: ModelBundle, exported: Exported, model: torch.nn.Module | N
 
 
 def time_candidates(bundle: ModelBundle, timed: dict[str, tuple[Exported, dict[str, Any]]],
-                    exp: ExperimentConfig, reference: str = "fp32") -> dict[str, Any] | None:
+                    exp: ExperimentConfig, host: HostInfo, forks: ForkServer | None = None,
+                    reference: str = "fp32") -> dict[str, Any] | None:
     """Time every runnable artifact in ``timed`` ({label: (exported, candidate dict)}),
     writing ``latency``, ``latency_raw_ms`` and ``timing`` into each candidate dict.
 
     With the reference and one other candidate both runnable, they are timed
-    interleaved and the speed-up (reference / candidate, with its CI) is returned;
-    otherwise each is timed alone and None is returned."""
+    interleaved - in this process and, with ``bench.processes`` > 1 and a fork server,
+    in as many more forked processes that load both artifacts again - and the speed-up
+    (reference / candidate, with its CI) is returned; otherwise each is timed alone and
+    None is returned."""
     runnable = {label: pair for label, pair in timed.items() if pair[0].runtime is not None}
     batch = bundle.example_inputs(exp.bench.batch_size)
     b = exp.bench
-    common = dict(batch_size=len(batch[0]), warmup=b.warmup, min_iters=b.min_iters,
-                  min_seconds=b.min_seconds, max_seconds=b.max_seconds, noisy_cv_pct=b.noisy_cv_pct)
+    common = dict(warmup=b.warmup, min_iters=b.min_iters, min_seconds=b.min_seconds, max_seconds=b.max_seconds)
     others = [label for label in runnable if label != reference]
     if reference in runnable and len(others) == 1:
-        ref_rt, cand_rt = runnable[reference][0].runtime, runnable[others[0]][0].runtime
-        ref_stats, cand_stats, speedup = measure_interleaved(
-            lambda: ref_rt(*batch), lambda: cand_rt(*batch), **common, min_rounds=b.min_rounds,
-            drift_stretches=b.drift_stretches,
-            noisy_pct=b.noisy_cv_pct, n_boot=exp.eval.bootstrap, confidence=exp.eval.confidence,
-            seed=exp.seed, reference_timer=ref_rt.call_timer(), candidate_timer=cand_rt.call_timer())
-        _record(runnable[reference][1], ref_stats, ref_rt)
-        _record(runnable[others[0]][1], cand_stats, cand_rt)
-        return speedup.to_dict()
+        (ref, ref_cand), (cand, cand_cand) = runnable[reference], runnable[others[0]]
+        sessions, note = time_in_processes(ref, cand, batch, exp, host, forks)
+        ref_stats, cand_stats, speedup = speedup_of(
+            sessions, batch_size=len(batch[0]), noisy_cv_pct=b.noisy_cv_pct, noisy_pct=b.noisy_cv_pct,
+            n_boot=exp.eval.bootstrap, confidence=exp.eval.confidence, seed=exp.seed,
+            drift_stretches=b.drift_stretches)
+        _record(ref_cand, ref_stats, ref.runtime)
+        _record(cand_cand, cand_stats, cand.runtime)
+        return {**speedup.to_dict(), "processes_note": note}
     for exported, cand in runnable.values():
         runtime = exported.runtime
-        stats = measure_latency(lambda rt=runtime: rt(*batch), **common, time_call=runtime.call_timer())
+        stats = measure_latency(lambda rt=runtime: rt(*batch), batch_size=len(batch[0]),
+                                noisy_cv_pct=b.noisy_cv_pct, **common, time_call=runtime.call_timer())
         _record(cand, stats, runtime)
     return None
+
+
+def time_in_processes(reference: Exported, candidate: Exported, batch: tuple, exp: ExperimentConfig,
+                      host: HostInfo, forks: ForkServer | None) -> tuple[list[RoundTimes], str | None]:
+    """The interleaved sessions of one pair - this process's, then one per forked
+    process - and, when fewer processes timed than ``bench.processes`` asked for, why.
+
+    Each session gets 1/processes of ``min_seconds`` and ``max_seconds``, so the timing
+    takes as long as before in all (plus each fork's load and warm-up); ``min_rounds``
+    and the calls per round stay, so that every session's rounds pool with the others."""
+    b = exp.bench
+    wanted, why_not = b.processes, None
+    if wanted > 1 and host.device != "cpu":
+        wanted, why_not = 1, f"timed in one process: bench.processes applies on the CPU, not on {host.device}"
+    elif wanted > 1 and forks is None:
+        wanted, why_not = 1, "timed in one process: no fork server was started for this run"
+    settings = dict(warmup=b.warmup, min_rounds=b.min_rounds, min_iters=b.min_iters,
+                    min_seconds=b.min_seconds / wanted, max_seconds=b.max_seconds / wanted)
+    ref_rt, cand_rt = reference.runtime, candidate.runtime
+    sessions = [time_rounds(lambda: ref_rt(*batch), lambda: cand_rt(*batch), **settings,
+                            reference_timer=ref_rt.call_timer(), candidate_timer=cand_rt.call_timer())]
+    artifacts = (str(Path(reference.artifact).resolve()), str(Path(candidate.artifact).resolve()))
+    # a worker loads, warms and times; beyond that allowance it is stopped
+    limit_s = 120.0 + 4 * settings["max_seconds"]
+    for _ in range(wanted - 1):
+        try:
+            sessions.append(forks.call(time_reloaded_pair, exp.exporter, host, artifacts, batch, settings,
+                                       timeout_s=limit_s))
+        except ForkError as exc:
+            why_not = f"timed in {len(sessions)} of {b.processes} processes: {exc}"
+            log.warning("%s", why_not)
+            break
+    return sessions, why_not
+
+
+def time_reloaded_pair(exporter_cfg: ExporterConfig, host: HostInfo, artifacts: tuple[str, str],
+                       batch: tuple, settings: dict[str, Any]) -> RoundTimes:
+    """In a forked process: the run's torch settings, both artifacts loaded again by the
+    run's exporter (as a deployment would load them), one interleaved session."""
+    apply_torch_settings(host.threads, host.quantized_engine)
+    exporter = get_exporter(exporter_cfg.name)(exporter_cfg, host)
+    ref_rt, cand_rt = (exporter.load(Path(path)).runtime for path in artifacts)
+    return time_rounds(lambda: ref_rt(*batch), lambda: cand_rt(*batch), **settings)
 
 
 def _record(cand: dict[str, Any], stats: LatencyStats, runtime) -> None:
@@ -112,4 +164,4 @@ def runtime_name(exported: Exported) -> str:
     return exported.runtime.kind + ("" if device == "cpu" else f" {device}")
 
 
-__all__ = ["evaluate", "runtime_name", "time_candidates"]
+__all__ = ["evaluate", "runtime_name", "time_candidates", "time_in_processes", "time_reloaded_pair"]

@@ -89,6 +89,19 @@ def summary_text(results: Results | Mapping[str, Any]) -> str:
     return console.export_text()
 
 
+def timing_text(interleaved: Mapping[str, Any]) -> str:
+    """How the speed-up was timed and what its CI spans: "346 rounds of 3 call(s) each in
+    5 processes (1.21x, 1.19x, ...), 95% CI over rounds and processes"."""
+    i = interleaved
+    text = f"{i['rounds']} rounds of {i['calls_per_round']} call(s) each"
+    processes = i.get("processes", 1)  # results written before bench.processes: one
+    if processes > 1:
+        levels = ", ".join(f"{ratio:.2f}x" for ratio in i["process_ratios"])
+        return f"{text} in {processes} processes ({levels}), {100 * i['confidence']:.0f}% CI over rounds and processes"
+    spans = "rounds and stretches of rounds" if i.get("drift_ci") else "rounds"
+    return f"{text} in one process, {100 * i['confidence']:.0f}% CI over {spans}"
+
+
 def print_summary(results: Results | Mapping[str, Any], console: Console | None = None) -> None:
     r = _typed(results)
     # Off a terminal rich assumes 80 columns and would fold the table; give it room.
@@ -98,10 +111,10 @@ def print_summary(results: Results | Mapping[str, Any], console: Console | None 
     if gate.max_accuracy_drop is not None:
         console.print(f"quality gate (max drop {gate.max_accuracy_drop} pts): {gate_text(gate)}")
     if r.interleaved is not None:
-        i = r.interleaved
         console.print(f"speed-up vs fp32: {speedup_text(r.comparison)} - fp32 and {r.label} timed "
-                      f"interleaved, {i['rounds']} rounds of {i['calls_per_round']} call(s) each, "
-                      f"{100 * i['confidence']:.0f}% bootstrap CI over rounds")
+                      f"interleaved, {timing_text(r.interleaved)}", markup=False)
+        if r.interleaved.get("processes_note"):
+            console.print(r.interleaved["processes_note"], markup=False)
     for metric, reason in r.not_measured.items():
         console.print(f"{metric}: {reason}")
     for line in deployment_lines(r.deployment):

@@ -11,10 +11,13 @@ from quantexp.bench.interleaved import (
     FASTER,
     SAME,
     SLOWER,
+    RoundTimes,
     batch_means_ratio_ci,
     bootstrap_ratio_ci,
     describe_speedup,
     measure_interleaved,
+    speedup_of,
+    time_rounds,
     verdict_of,
 )
 from quantexp.bench.latency import measure_latency
@@ -197,6 +200,40 @@ def test_a_speedup_that_wanders_during_the_timing_widens_the_interval() -> None:
     _, _, alone = measure_interleaved(m.callable("A", MS), candidate, batch_size=1, warmup=0, min_rounds=40,
                                       min_iters=120, min_seconds=0, clock=m.clock, drift_stretches=0)
     assert alone.drift_ci is None and (alone.ci_low, alone.ci_high) == alone.rounds_ci == speedup.rounds_ci
+
+
+def test_sessions_from_several_processes_pool_and_their_levels_set_the_interval() -> None:
+    # Three processes, each steady at its own level (1.1x, 1.2x, 1.4x; no noise inside
+    # one): every single-process interval is a point, the pooled one must span the levels.
+    sessions = []
+    for level in (1.1, 1.2, 1.4):
+        m = Machine()
+        sessions.append(time_rounds(m.callable("A", MS), m.callable("B", int(MS / level)), warmup=0,
+                                    min_rounds=6, min_iters=12, min_seconds=0, clock=m.clock))
+    ref, cand, speedup = speedup_of(sessions, batch_size=2, drift_stretches=4)
+    assert speedup.processes == 3 and speedup.rounds == 18 and speedup.calls_per_round == 2
+    assert speedup.process_ratios == pytest.approx([1.1, 1.2, 1.4], rel=1e-5)  # ns rounding
+    assert ref.n_iters == cand.n_iters == 36 and ref.first_call_ms == pytest.approx(1.0)
+    # pooled medians: every reference call is 1 ms, the candidate's median is 1/1.2 ms
+    assert speedup.ratio == pytest.approx(1.2, rel=1e-5)
+    # by hand: logs of 1.1, 1.2, 1.4 -> sd 0.12213, se 0.07051, t(2, 0.975) = 4.30265,
+    # half-width 0.30338 around ln 1.2 = 0.18232 -> [0.88598, 1.62532]
+    assert speedup.drift_ci == pytest.approx((0.88598, 1.62532), rel=1e-4)
+    assert (speedup.ci_low, speedup.ci_high) == pytest.approx(speedup.drift_ci)
+    assert speedup.verdict == SAME and speedup.rounds_ci[0] > 1.1  # the rounds alone: a narrow interval
+    # one session: the old batch means over stretches of its rounds
+    alone = speedup_of(sessions[:1], batch_size=2)[2]
+    assert alone.processes == 1 and alone.process_ratios == pytest.approx([1.1], rel=1e-5)
+    assert alone.ci_low == pytest.approx(1.1, rel=1e-5) == alone.ci_high
+
+
+def test_sessions_must_share_their_calls_per_round() -> None:
+    one = RoundTimes([[1, 1]] * 2, [[1, 1]] * 2, (1.0, 1.0), (4, 4), False)
+    other = RoundTimes([[1, 1, 1]] * 2, [[1, 1, 1]] * 2, (1.0, 1.0), (6, 6), False)
+    with pytest.raises(ValueError, match="calls per round"):
+        speedup_of([one, other], batch_size=1)
+    with pytest.raises(ValueError, match="at least one"):
+        speedup_of([], batch_size=1)
 
 
 def test_bad_arguments_are_refused() -> None:

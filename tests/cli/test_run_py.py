@@ -64,6 +64,10 @@ def check_sweep(tmp: Path, proc: subprocess.CompletedProcess, family: str) -> No
         assert ("export_fp32" in d["stages_s"]) is not cached and "timing" in d["stages_s"]
         rounds = d["interleaved"]["rounds"]
         assert rounds >= 4 and len(d["interleaved"]["reference_round_ms"]) == rounds
+        # +debug=tiny times in the job's process and one forked from it, which loaded both
+        # artifacts again (the fp32 one from the sweep's cache for one of the two jobs)
+        assert d["interleaved"]["processes"] == 2 and d["interleaved"]["processes_note"] is None
+        assert len(d["interleaved"]["process_ratios"]) == 2 and rounds >= 8
         comp = d["comparison"]
         assert comp["speedup_ci_low"] <= comp["speedup_p50"] <= comp["speedup_ci_high"]
         assert comp["speedup_verdict"] in ("faster", "slower", "no significant difference")

@@ -18,7 +18,7 @@ from quantexp.report.html import to_html
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["model=cnn", "model.n_train=300", "model.epochs=1", "+debug=tiny", "method.calibration.size=32",
-        "tracking.enabled=false"]
+        "tracking.enabled=false", "bench.processes=1"]  # in-process runs: tests/run_api.py says why
 
 
 @pytest.fixture(scope="module")
