@@ -5,13 +5,12 @@ The controller holds a service-time table (seconds per batch, per batch size and
 precision: profiled with real calls before the load starts, then updated from every
 batch served) and, at each interval boundary, an estimate of the offered load: the
 arrival rate of the last interval (smoothed) plus the backlog, which must also drain.
-For each configuration it predicts the p99 latency at that load: the time a request
-waits for its batch to fill (at most ``max_wait``), the batch's service time, and a
-queueing term that grows as utilisation rho nears 1: ln 100 * rho / (2 (1 - rho))
-service times, the M/D/1 mean wait (service times that do not vary) stretched by the
-ln 100 of an exponential tail to its 99th percentile. That is a rough, pessimistic
-model; it only has to rank configurations, and a backlog check makes up for its
-errors. Among the configurations predicted to meet the SLO below a utilisation cap
+For each configuration it predicts the p99 latency at that load (``predicted_p99_s``):
+the time a request waits for its batch to fill (at most ``max_wait``), the batch's
+service time, and a queueing term that grows as utilisation rho nears 1 (Kingman's
+mean wait for batches that form every b Poisson arrivals, stretched by the ln 100 of an
+exponential tail to its 99th percentile). That is a rough, pessimistic model; it only
+has to rank configurations, and a backlog check makes up for its errors. Among the configurations predicted to meet the SLO below a utilisation cap
 it takes the most preferred precision (higher precision first: the SLO is the
 constraint, accuracy the thing to keep), then the lowest predicted latency; when
 none is predicted to, the lowest predicted latency among those that keep up, or, past
@@ -67,16 +66,37 @@ class ServiceTimes:
 
 
 def predicted_p99_s(config: ServeConfig, service_s: float, load: float, max_wait_s: float) -> tuple[float, float]:
-    """(predicted p99 latency in seconds, utilisation) of ``config`` at ``load`` items/s."""
+    """(predicted p99 latency in seconds, utilisation) of ``config`` at ``load`` items/s.
+
+    Three parts, added (a pessimistic bound: they overlap in part):
+    - filling: the first request of a batch waits for b - 1 more Poisson arrivals, an
+      Erlang(b - 1) time, taken at its 99th percentile, or ``max_wait`` when shorter;
+    - service: one batch's time;
+    - queueing for the worker: Kingman's G/G/1 mean wait, s * rho / (1 - rho) *
+      (ca^2 + cs^2) / 2, stretched by ln 100 to a 99th percentile. Batches form every b
+      arrivals, so their interarrival times vary as an Erlang(b)'s (ca^2 = 1 / b), and the
+      service time is taken as constant (cs^2 = 0; what the host adds is the learned slack).
+      With b = 1 this is the M/D/1 wait. Counting each request as its own arrival instead
+      (ca^2 = 1 for every batch size, the model before) predicted 21.7 ms for batches of 16
+      at 6,000 items/s (rho 0.78) where 5.9-7.9 ms were measured; this predicts 7.2 ms.
+    """
     b = config.batch_size
-    fill = 0.0 if b == 1 else (min(max_wait_s, (b - 1) / load) if load > 0 else max_wait_s)
+    if b == 1:
+        fill = 0.0
+    elif load <= 0:
+        fill = max_wait_s
+    else:
+        from scipy.special import gammaincinv  # a ufunc; scipy is already loaded for the step tests
+
+        fill = min(max_wait_s, float(gammaincinv(b - 1, 0.99)) / load)
     # A batch holds what arrives while the previous one is served and the next one waits
     # (at most b): at light load batches time out part-full and give less capacity.
     per_batch = b if load <= 0 else max(1.0, min(b, load * (max_wait_s + service_s)))
     rho = load * service_s / per_batch
     if rho >= 1.0:
         return math.inf, rho
-    return fill + service_s * (1.0 + _P99_TAIL * rho / (2.0 * (1.0 - rho))), rho
+    queueing = _P99_TAIL * service_s * rho / (1.0 - rho) * (1.0 / per_batch) / 2.0
+    return fill + service_s + queueing, rho
 
 
 def poisson_cdf(k: int, mean: float) -> float:

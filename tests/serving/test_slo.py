@@ -49,10 +49,26 @@ def profiled():
 
 def test_predicted_latency_grows_with_load_and_is_infinite_past_capacity():
     c = ServeConfig(8, "high")  # 10 ms per batch of 8: 800 items/s at most
-    low, _ = predicted_p99_s(c, 0.010, 100.0, 0.004)
-    high, rho = predicted_p99_s(c, 0.010, 700.0, 0.004)
-    assert low < high and rho == pytest.approx(700 * 0.010 / 8)
+    # loads at which batches fill (a batch holds what arrives in max_wait + service)
+    low, _ = predicted_p99_s(c, 0.010, 650.0, 0.004)
+    high, rho = predicted_p99_s(c, 0.010, 780.0, 0.004)
+    assert low < high and rho == pytest.approx(780 * 0.010 / 8)
     assert predicted_p99_s(c, 0.010, 900.0, 0.004)[0] == math.inf
+    one = ServeConfig(1, "high")
+    assert predicted_p99_s(one, 0.010, 20.0, 0.004)[0] < predicted_p99_s(one, 0.010, 80.0, 0.004)[0]
+
+
+def test_predicted_latency_by_hand():
+    # batch 1: the M/D/1 wait, ln 100 * s * rho / (2 (1 - rho)) on top of the service
+    p99, rho = predicted_p99_s(ServeConfig(1, "low"), 0.0004, 1000.0, 0.005)
+    assert rho == pytest.approx(0.4) and p99 == pytest.approx(0.0004 + math.log(100) * 0.0004 * 0.4 / 1.2)
+    # batches of 16 at 6,000 items/s, 2.08 ms each (measured on the 2-core host: p99 5.9-7.9
+    # ms over three servings): filling, the Erlang(15) 99th percentile 25.446 / 6000 s =
+    # 4.241 ms; rho 0.78; queueing ln 100 * 2.08 ms * 0.78 / 0.22 / 16 / 2 = 1.061 ms
+    p99, rho = predicted_p99_s(ServeConfig(16, "low"), 0.00208, 6000.0, 0.005)
+    assert rho == pytest.approx(0.78) and p99 == pytest.approx(0.004241 + 0.00208 + 0.001061, abs=2e-6)
+    # at 1,000 items/s the batch times out after max_wait instead
+    assert predicted_p99_s(ServeConfig(16, "low"), 0.00208, 1000.0, 0.005)[0] > 0.005 + 0.00208
 
 
 def test_the_controller_meets_the_slo_wherever_a_static_configuration_does():
