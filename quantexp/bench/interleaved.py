@@ -301,10 +301,7 @@ def speedup_of(
     """
     if not sessions:
         raise ValueError("need at least one timing session")
-    if drift_stretches == 1 or drift_stretches < 0:
-        raise ValueError(f"drift_stretches must be 0 (off) or >= 2, got {drift_stretches}")
-    if batch_size < 1:
-        raise ValueError(f"need batch_size >= 1, got {batch_size}")
+    _check_statistics(batch_size, drift_stretches)
     per_round = {len(s.reference_ns[0]) for s in sessions}
     if len(per_round) != 1:
         raise ValueError(f"sessions timed with different calls per round: {sorted(per_round)}")
@@ -341,6 +338,13 @@ def speedup_of(
     return stats[0], stats[1], speedup
 
 
+def _check_statistics(batch_size: int, drift_stretches: int) -> None:
+    if drift_stretches == 1 or drift_stretches < 0:
+        raise ValueError(f"drift_stretches must be 0 (off) or >= 2, got {drift_stretches}")
+    if batch_size < 1:
+        raise ValueError(f"need batch_size >= 1, got {batch_size}")
+
+
 def measure_interleaved(
     reference: Callable[[], object],
     candidate: Callable[[], object],
@@ -365,10 +369,7 @@ def measure_interleaved(
     """``time_rounds`` in this process, then ``speedup_of`` that one session: each
     side's ``LatencyStats`` and the ``Speedup`` (its CI: the round bootstrap and,
     unless ``drift_stretches`` is 0, batch means over that many stretches of rounds)."""
-    if batch_size < 1:
-        raise ValueError(f"need batch_size >= 1, got {batch_size}")
-    if drift_stretches == 1 or drift_stretches < 0:
-        raise ValueError(f"drift_stretches must be 0 (off) or >= 2, got {drift_stretches}")
+    _check_statistics(batch_size, drift_stretches)  # before the timing, not after it
     session = time_rounds(reference, candidate, warmup=warmup, min_rounds=min_rounds, min_iters=min_iters,
                           min_seconds=min_seconds, max_seconds=max_seconds, reference_timer=reference_timer,
                           candidate_timer=candidate_timer, clock=clock)
