@@ -35,8 +35,6 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
-log = logging.getLogger(__name__)
-
 ALIVE_TIMEOUT_S = 15.0  # fork + one parallel op: milliseconds on an idle host, seconds under load
 
 
@@ -48,7 +46,6 @@ class ForkServer:
     """An idle copy of this process, forked now, that runs ``call``s in fresh forks of itself."""
 
     def __init__(self, alive_timeout_s: float = ALIVE_TIMEOUT_S) -> None:
-        self.alive_timeout_s = alive_timeout_s
         self.broken: str | None = None  # why calls are refused, once a worker could not start
         ours, theirs = Pipe(duplex=True)
         self.pid = os.fork()
@@ -176,7 +173,6 @@ def _write(fd: int, message: tuple[str, Any]) -> None:
 def _answer_of(reader: int, pid: int, timeout_s: float, alive_timeout_s: float) -> tuple[str, Any]:
     """The worker's answer: ("ok", value), ("error", line) or ("not alive", line)."""
     buffer = bytearray()
-    messages: list[tuple[str, Any]] = []
     deadline = time.monotonic() + alive_timeout_s
     alive = False
     while True:
@@ -197,15 +193,12 @@ def _answer_of(reader: int, pid: int, timeout_s: float, alive_timeout_s: float) 
         buffer += chunk
         while len(buffer) >= 8 and len(buffer) >= 8 + int.from_bytes(buffer[:8], "little"):
             size = int.from_bytes(buffer[:8], "little")
-            messages.append(pickle.loads(bytes(buffer[8:8 + size])))
+            message = pickle.loads(bytes(buffer[8:8 + size]))
             del buffer[:8 + size]
-        for message in messages:
-            if message[0] == "alive":
-                alive = True
-                deadline = time.monotonic() + timeout_s
-            else:
+            if message[0] != "alive":
                 return message
-        messages.clear()
+            alive = True
+            deadline = time.monotonic() + timeout_s
 
 
 def _exit_of(status: tuple[int, int]) -> str:

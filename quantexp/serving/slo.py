@@ -10,10 +10,10 @@ the time a request waits for its batch to fill (at most ``max_wait``), the batch
 service time, and a queueing term that grows as utilisation rho nears 1 (Kingman's
 mean wait for batches that form every b Poisson arrivals, stretched by the ln 100 of an
 exponential tail to its 99th percentile). That is a rough, pessimistic model; it only
-has to rank configurations, and a backlog check makes up for its errors. Among the configurations predicted to meet the SLO below a utilisation cap
-it takes the most preferred precision (higher precision first: the SLO is the
-constraint, accuracy the thing to keep), then the lowest predicted latency; when
-none is predicted to, the lowest predicted latency among those that keep up, or, past
+has to rank configurations, and a backlog check makes up for its errors. Among the
+configurations predicted to meet the SLO below a utilisation cap it takes the most
+preferred precision (higher precision first: the SLO is the constraint, accuracy the
+thing to keep), then the lowest predicted latency; when none is predicted to, the lowest predicted latency among those that keep up, or, past
 every configuration's capacity, the one with the most. Between intervals
 (``before_batch``) it reacts to a step in load at once, as an interval is too long to
 wait for: up, arrivals implausibly many for its estimate make it read the rate again
@@ -78,7 +78,7 @@ def predicted_p99_s(config: ServeConfig, service_s: float, load: float, max_wait
       service time is taken as constant (cs^2 = 0; what the host adds is the learned slack).
       With b = 1 this is the M/D/1 wait. Counting each request as its own arrival instead
       (ca^2 = 1 for every batch size, the model before) predicted 21.7 ms for batches of 16
-      at 6,000 items/s (rho 0.78) where 5.9-7.9 ms were measured; this predicts 7.2 ms.
+      at 6,000 items/s (rho 0.78) where 5.9-7.9 ms were measured; this predicts 7.4 ms.
     """
     b = config.batch_size
     if b == 1:
