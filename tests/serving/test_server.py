@@ -97,3 +97,34 @@ def test_the_policy_is_asked_at_every_interval_with_that_intervals_figures():
     first = r.intervals[0]
     assert first.arrivals == 10 and first.completed == 10 and first.p50_ms == pytest.approx(1.0, abs=1e-3)
     assert first.metrics()["throughput"] == pytest.approx(100.0)
+
+
+def test_the_cycle_collector_is_off_while_requests_are_served_and_back_after():
+    import gc
+
+    vt = VirtualTime()
+    seen = []
+
+    def infer(ids, precision):
+        seen.append(gc.isenabled())
+        vt.now += 0.001
+
+    assert gc.isenabled()
+    serve(np.array([0.0, 0.1]), infer, StaticPolicy(ServeConfig(1, "low")), max_wait_s=0.0, interval_s=1.0,
+          drain_s=1.0, clock=vt.clock, sleep=vt.sleep)
+    assert seen == [False, False] and gc.isenabled()
+
+    def failing(ids, precision):
+        raise RuntimeError("the model failed")
+
+    with pytest.raises(RuntimeError, match="the model failed"):
+        serve(np.array([0.0]), failing, StaticPolicy(ServeConfig(1, "low")), max_wait_s=0.0, interval_s=1.0,
+              drain_s=1.0, clock=vt.clock, sleep=vt.sleep)
+    assert gc.isenabled()  # restored on the way out of a failure too
+    gc.disable()
+    try:  # and left off where the caller had turned it off
+        serve(np.array([0.0]), infer, StaticPolicy(ServeConfig(1, "low")), max_wait_s=0.0, interval_s=1.0,
+              drain_s=1.0, clock=vt.clock, sleep=vt.sleep)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -130,10 +130,26 @@ def test_a_backlog_switches_to_a_larger_batch_only_until_it_is_cleared():
     ctrl = SloController([small, large], times, 0.003, 0.005, ["high"])
     assert ctrl.decide(None) == small
     assert ctrl.before_batch(1) == small
-    assert ctrl.before_batch(6) == large  # 6 x 0.4 ms > 1.5 ms; one batch of 8: 1.2 ms
-    assert ctrl.before_batch(5) == large  # still more than batch 1 clears in time
+    assert ctrl.before_batch(9) == large  # 9 x 0.4 ms > 1.5 ms; two batches of 8: 2.4 ms
+    assert ctrl.before_batch(8) == large  # still more than batch 1 clears in time
     # cleared: back to batch 1, instead of waiting up to max_wait for 8 to arrive
     assert ctrl.before_batch(1) == small
+
+
+def test_a_backlog_smaller_than_a_batch_counts_the_wait_for_the_batch_to_fill():
+    small, large = ServeConfig(1, "high"), ServeConfig(8, "high")
+    ctrl = SloController([small, large], ServiceTimes({small: 0.0004, large: 0.0012}), 0.003, 0.005, ["high"])
+    ctrl.decide(None)
+    # 6 waiting at 1,000 items/s: 2 more take ~2 ms to come, so a batch of 8 starts
+    # after 2 ms and ends at 3.2 ms; batch 1 clears the six in 2.4 ms
+    ctrl.rate = 1000.0
+    assert ctrl.before_batch(6, oldest_wait_s=0.0005) == small
+    # at 20,000 items/s the two come within 0.1 ms: one batch of 8, 1.3 ms
+    ctrl.rate = 20_000.0
+    assert ctrl.before_batch(6, oldest_wait_s=0.0005) == large
+    # the oldest request has already waited max_wait: the batch of 8 starts now, part-full
+    ctrl.rate = 1000.0
+    assert ctrl.before_batch(6, oldest_wait_s=0.005) == large
 
 
 def _served(p99_s: float, n: int = 1000, served: int | None = None):
