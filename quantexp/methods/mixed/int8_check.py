@@ -7,10 +7,19 @@ single-layer timing sees: on the CNN, conv1 and fc2 kept in fp32 were predicted 
 slower than uniform int8 and measured 0.92x of it. So, when the method promises "no
 slower than uniform int8" (``method.max_latency_vs_int8``) and the solver says the
 promise holds, both models are built and timed interleaved (``bench.interleaved``);
-while the mixed model is significantly slower than the promise allows, the layer not
-yet in int8 whose int8 kernel costs the least predicted accuracy (the budget still
-met) moves to int8, and the pair is timed again. Each move brings the model closer to
-uniform int8 itself, so the loop ends.
+until the measurement shows the promise kept (the CI of the speed-up wholly at or
+above 1 / max_ratio), the layer not yet in int8 whose int8 kernel costs the least
+predicted accuracy (the budget still met) moves to int8, and the pair is timed again.
+Each move brings the model closer to uniform int8 itself, so the loop ends.
+
+Why the burden of proof is on the mix (a layer stays out of int8 only when the
+measurement shows the model no slower for it), not on the move (a layer moved only
+when the mix was significantly slower, the rule before): in five runs on the CNN the
+check measured two mixes as "no significant difference" (0.99x [0.98, 1.00] and
+1.01x [1.00, 1.01]), and the benchmark, timing the same mix against another build of
+uniform int8 minutes later, found them at 0.90x and 0.94x. The ratio of two models
+drifts on this host by more than one measurement's interval; a mix not clearly as
+fast is not worth that risk when the accuracy budget allows the moves.
 """
 
 from __future__ import annotations
@@ -30,14 +39,14 @@ class Int8Check:
     assignment: dict[str, str]
     model: Any
     describe: str = ""                 # the last timing: mixed vs uniform int8, "1.02x [0.98, 1.05]"
-    slower: bool = False               # still slower than the promise allows after the moves
+    slower: bool = False               # not shown within the promise (as fast) after the moves
     moves: list[str] = field(default_factory=list)  # layers moved to int8, in order
 
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"int8_check.speedup_vs_uniform_int8": self.describe,
                                "int8_check.moved_to_int8": ",".join(self.moves)}
         if self.slower:
-            out["int8_check.status"] = ("still slower than uniform int8: no layer can move to int8 "
+            out["int8_check.status"] = ("not shown as fast as uniform int8: no layer can move to int8 "
                                         "within the budget")
         return out
 
@@ -63,13 +72,19 @@ def next_move(assignment: Mapping[str, str], table: Table, base: Mapping[str, fl
     return None if best is None else (best[1], best[2])
 
 
+def shown_within(speed, max_ratio: float) -> bool:
+    """The measurement shows the mix within ``max_ratio`` x uniform int8's time: the CI
+    of int8 time / mixed time wholly at or above 1 / max_ratio."""
+    return speed.ci_low >= 1.0 / max_ratio
+
+
 def check_against_int8(build: Callable[[Mapping[str, str]], Any], assignment: dict[str, str], table: Table,
                        base: Mapping[str, float], budget: Budget, run: Callable[[Any], Any], *,
                        batch_size: int, max_ratio: float = 1.0, timing: Mapping[str, float] | None = None,
                        max_moves: int = MAX_MOVES) -> Int8Check:
     """Measure ``build(assignment)`` against ``build(uniform int8)``; move layers to int8
-    while the mixed model is significantly slower than ``max_ratio`` x the int8 one's
-    time (the CI of int8 time / mixed time wholly below 1 / max_ratio). ``run(model)``
+    until the mixed model is shown within ``max_ratio`` x the int8 one's time (the CI of
+    int8 time / mixed time wholly at or above 1 / max_ratio). ``run(model)``
     makes one timed call (one batch of ``batch_size``); ``table``: the sensitivity
     table with int8 rows for every layer that has an int8 kernel; ``timing``: the run's
     bench settings (default: bench's defaults, for a method used without a run)."""
@@ -88,7 +103,7 @@ def check_against_int8(build: Callable[[Mapping[str, str]], Any], assignment: di
                                               batch_size=batch_size,
                                               **(timing or BenchConfig().interleaved_timing()))
         check.describe = speed.describe()
-        check.slower = speed.ci_high < 1.0 / max_ratio
+        check.slower = not shown_within(speed, max_ratio)
         move = next_move(check.assignment, table, base, budget) if check.slower else None
         if move is None or len(check.moves) >= max_moves:
             return check
@@ -100,4 +115,4 @@ def check_against_int8(build: Callable[[Mapping[str, str]], Any], assignment: di
         check.model = build(check.assignment)
 
 
-__all__ = ["Int8Check", "check_against_int8", "next_move", "uniform_int8"]
+__all__ = ["Int8Check", "check_against_int8", "next_move", "shown_within", "uniform_int8"]
