@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from quantexp.bench.collector import collector_paused
 from quantexp.bench.latency import NS_PER_MS, NS_PER_S, CallTimer, LatencyStats, stats_from_samples, wall_clock_timer
 
 FASTER, SLOWER, SAME = "faster", "slower", "no significant difference"
@@ -223,6 +224,7 @@ class RoundTimes:
     truncated: bool  # max_seconds stopped the rounds before min_rounds / min_seconds
 
 
+@collector_paused()
 def time_rounds(
     reference: Callable[[], object],
     candidate: Callable[[], object],

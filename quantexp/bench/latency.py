@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from quantexp.bench.collector import collector_paused
+
 NS_PER_MS = 1_000_000
 NS_PER_S = 1_000_000_000
 
@@ -136,6 +138,7 @@ def cuda_event_timer() -> CallTimer:
     return time_call
 
 
+@collector_paused()
 def measure_latency(
     fn: Callable[[], object],
     *,

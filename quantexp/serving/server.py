@@ -9,7 +9,7 @@ Poisson schedule (``loadgen``); a request still unserved when the phase ends cou
 with the time it has waited so far (a lower bound), so a configuration that falls
 behind cannot look fast by leaving its slow requests out. Python's cycle collector is
 paused while a phase is served (``bench.collector``: one full collection in a run's
-process took up to 176 ms, the p99 of whichever configuration it fell on).
+process took up to 326 ms, the p99 of whichever configuration it fell on).
 """
 
 from __future__ import annotations
@@ -131,6 +131,7 @@ class PhaseResult:
                 "throughput": self.throughput, "duration_s": self.end_s}
 
 
+@collector_paused()
 def serve(arrivals_s: np.ndarray, infer: Callable[[np.ndarray, str], object], policy: Policy, *,
           max_wait_s: float, interval_s: float, drain_s: float, rate: float = 0.0,
           clock: Callable[[], float] = time.perf_counter,
@@ -145,61 +146,60 @@ def serve(arrivals_s: np.ndarray, infer: Callable[[np.ndarray, str], object], po
     batches: list[tuple[float, int]] = []  # (end time, size) of the current interval
     intervals: list[IntervalStats] = []
     served_by: dict[str, int] = {}
-    with collector_paused():
-        config = policy.decide(None)
-        nxt, start_interval, first_of_interval = 0, 0.0, 0
-        t0 = clock()
+    config = policy.decide(None)
+    nxt, start_interval, first_of_interval = 0, 0.0, 0
+    t0 = clock()
 
-        def close_interval(end: float) -> None:
-            nonlocal config, start_interval, batches, first_of_interval
-            in_window = (done_at >= start_interval) & (done_at < end)
-            lat = latency[in_window]
-            end_index = int(np.searchsorted(arrivals_s, end))  # arrivals (sorted) before ``end``
-            arrived = end_index - first_of_interval
-            sizes = [size for _, size in batches]
-            stats = IntervalStats(len(intervals), start_interval, end, config, arrived, int(in_window.sum()),
-                                  percentile_ms(lat, 50), percentile_ms(lat, 99), len(queue),
-                                  float(np.mean(sizes)) if sizes else None)
-            intervals.append(stats)
-            config = policy.decide(stats)
-            start_interval, batches, first_of_interval = end, [], end_index
+    def close_interval(end: float) -> None:
+        nonlocal config, start_interval, batches, first_of_interval
+        in_window = (done_at >= start_interval) & (done_at < end)
+        lat = latency[in_window]
+        end_index = int(np.searchsorted(arrivals_s, end))  # arrivals (sorted) before ``end``
+        arrived = end_index - first_of_interval
+        sizes = [size for _, size in batches]
+        stats = IntervalStats(len(intervals), start_interval, end, config, arrived, int(in_window.sum()),
+                              percentile_ms(lat, 50), percentile_ms(lat, 99), len(queue),
+                              float(np.mean(sizes)) if sizes else None)
+        intervals.append(stats)
+        config = policy.decide(stats)
+        start_interval, batches, first_of_interval = end, [], end_index
 
-        while True:
-            now = clock() - t0
-            while nxt < n and arrivals_s[nxt] <= now:
-                queue.append(nxt)
-                nxt += 1
-            while now >= start_interval + interval_s:
-                close_interval(start_interval + interval_s)
-            if (nxt >= n and not queue) or now >= deadline:
-                break
-            boundary = start_interval + interval_s
-            if not queue:
-                sleep(max(0.0, min(arrivals_s[nxt], boundary) - now))
+    while True:
+        now = clock() - t0
+        while nxt < n and arrivals_s[nxt] <= now:
+            queue.append(nxt)
+            nxt += 1
+        while now >= start_interval + interval_s:
+            close_interval(start_interval + interval_s)
+        if (nxt >= n and not queue) or now >= deadline:
+            break
+        boundary = start_interval + interval_s
+        if not queue:
+            sleep(max(0.0, min(arrivals_s[nxt], boundary) - now))
+            continue
+        config = policy.before_batch(len(queue), now - arrivals_s[queue[0]], nxt - first_of_interval,
+                                     now - start_interval)
+        if len(queue) < config.batch_size and nxt < n:
+            fire_at = arrivals_s[queue[0]] + max_wait_s
+            if now < fire_at:
+                sleep(max(0.0, min(fire_at, arrivals_s[nxt], boundary) - now))
                 continue
-            config = policy.before_batch(len(queue), now - arrivals_s[queue[0]], nxt - first_of_interval,
-                                         now - start_interval)
-            if len(queue) < config.batch_size and nxt < n:
-                fire_at = arrivals_s[queue[0]] + max_wait_s
-                if now < fire_at:
-                    sleep(max(0.0, min(fire_at, arrivals_s[nxt], boundary) - now))
-                    continue
-            ids = np.array([queue.popleft() for _ in range(min(config.batch_size, len(queue)))])
-            started = clock()
-            infer(ids, config.precision)
-            ended = clock()
-            end = ended - t0
-            latency[ids] = end - arrivals_s[ids]
-            done_at[ids] = end
-            batches.append((end, len(ids)))
-            served_by[config.precision] = served_by.get(config.precision, 0) + len(ids)
-            policy.observe_batch(config, len(ids), ended - started)
-        end = clock() - t0
-        if end > start_interval:
-            close_interval(end)
-        completed = ~np.isnan(done_at)
-        waited = np.where(completed, latency, np.maximum(end - arrivals_s, 0.0))
-        last = float(np.nanmax(done_at)) if completed.any() else end
+        ids = np.array([queue.popleft() for _ in range(min(config.batch_size, len(queue)))])
+        started = clock()
+        infer(ids, config.precision)
+        ended = clock()
+        end = ended - t0
+        latency[ids] = end - arrivals_s[ids]
+        done_at[ids] = end
+        batches.append((end, len(ids)))
+        served_by[config.precision] = served_by.get(config.precision, 0) + len(ids)
+        policy.observe_batch(config, len(ids), ended - started)
+    end = clock() - t0
+    if end > start_interval:
+        close_interval(end)
+    completed = ~np.isnan(done_at)
+    waited = np.where(completed, latency, np.maximum(end - arrivals_s, 0.0))
+    last = float(np.nanmax(done_at)) if completed.any() else end
     return PhaseResult(rate, waited, completed, last, intervals, served_by)
 
 

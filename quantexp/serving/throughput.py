@@ -14,7 +14,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from quantexp.bench.collector import collector_paused
 
+
+@collector_paused()
 def time_passes(sides: dict[str, Callable[[int], object]], n_batches: int, items: int, reference: str, *,
                 min_rounds: int = 3, min_seconds: float = 0.0, max_seconds: float = 60.0, warmup: int = 1,
                 n_boot: int = 2000, confidence: float = 0.95, seed: int = 0,
