@@ -232,9 +232,10 @@ class SloController:
         if drain(self.chosen) <= budget:
             self.current = self.chosen
         elif drain(self.current) > budget:
-            ok = [c for c in self.configs if drain_from_now(c) <= budget]
-            self.current = (min(ok, key=lambda c: (self.preference(c), drain_from_now(c)))
-                            if ok else min(self.configs, key=drain_from_now))
+            from_now = {c: drain_from_now(c) for c in self.configs}
+            ok = [c for c in self.configs if from_now[c] <= budget]
+            self.current = (min(ok, key=lambda c: (self.preference(c), from_now[c]))
+                            if ok else min(self.configs, key=from_now.__getitem__))
         c = self.current
         if (queue_len < c.batch_size and oldest_wait_s + self.times[c] > budget and self.rate
                 and poisson_cdf(queue_len - 1, self.rate * oldest_wait_s) < self.STEP_P):
