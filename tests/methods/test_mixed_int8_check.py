@@ -76,7 +76,7 @@ def test_a_measured_slower_mixed_model_moves_layers_to_int8_until_it_is_not_slow
     result, builds = check(a, Budget(max_accuracy_drop=1.0))
     # 6 ms vs 2 ms: slower; fc moves (cheapest), 4 ms: still slower; conv1 moves -> uniform int8
     assert result.moves == ["fc", "conv1"]
-    assert result.assignment == uniform_int8(a, TABLE) and not result.slower
+    assert result.assignment == uniform_int8(a, TABLE) and not result.not_shown_within
     assert result.describe == "the uniform int8 model itself"
     assert builds[0] == uniform_int8(a, TABLE) and builds[1] == a  # the reference first, then the mix
     assert result.model.assignment == result.assignment
@@ -86,21 +86,21 @@ def test_the_budget_stops_the_moves_and_says_the_model_is_still_slower():
     a = {"conv1": "fp32", "conv2": "int8", "fc": "fp32", "lstm": "fp32"}
     result, _ = check(a, Budget(max_accuracy_drop=0.35))  # fc may move (0.3), conv1 then may not (0.6)
     assert result.moves == ["fc"] and result.assignment["conv1"] == "fp32"
-    assert result.slower and result.describe.startswith("0.")  # int8 time / mixed time: below 1
+    assert result.not_shown_within and result.describe.startswith("0.")  # int8 time / mixed time: below 1
     assert result.info()["int8_check.status"].startswith("not shown as fast as uniform int8")
 
 
 def test_a_mixed_model_within_the_allowed_ratio_is_kept_as_solved():
     a = {"conv1": "fp32", "conv2": "int8", "fc": "int8", "lstm": "fp32"}  # 4 ms vs 2 ms
     result, builds = check(a, Budget(max_accuracy_drop=1.0), max_ratio=3.0)  # up to 3x int8's time allowed
-    assert result.moves == [] and result.assignment == a and not result.slower
+    assert result.moves == [] and result.assignment == a and not result.not_shown_within
     assert len(builds) == 2
 
 
 def test_a_mixed_model_measured_faster_is_kept():
     a = {"conv1": "int8", "conv2": "int8", "fc": "int4", "lstm": "fp32"}  # 1 ms vs 2 ms
     result, _ = check(a, Budget(max_accuracy_drop=1.0))
-    assert result.moves == [] and result.assignment == a and not result.slower
+    assert result.moves == [] and result.assignment == a and not result.not_shown_within
 
 
 def test_only_an_interval_wholly_within_the_promise_shows_it_kept():

@@ -39,13 +39,13 @@ class Int8Check:
     assignment: dict[str, str]
     model: Any
     describe: str = ""                 # the last timing: mixed vs uniform int8, "1.02x [0.98, 1.05]"
-    slower: bool = False               # not shown within the promise (as fast) after the moves
+    not_shown_within: bool = False     # the promise (as fast) not shown by the last timing, no move left
     moves: list[str] = field(default_factory=list)  # layers moved to int8, in order
 
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"int8_check.speedup_vs_uniform_int8": self.describe,
                                "int8_check.moved_to_int8": ",".join(self.moves)}
-        if self.slower:
+        if self.not_shown_within:
             out["int8_check.status"] = ("not shown as fast as uniform int8: no layer can move to int8 "
                                         "within the budget")
         return out
@@ -103,14 +103,14 @@ def check_against_int8(build: Callable[[Mapping[str, str]], Any], assignment: di
                                               batch_size=batch_size,
                                               **(timing or BenchConfig().interleaved_timing()))
         check.describe = speed.describe()
-        check.slower = not shown_within(speed, max_ratio)
-        move = next_move(check.assignment, table, base, budget) if check.slower else None
+        check.not_shown_within = not shown_within(speed, max_ratio)
+        move = next_move(check.assignment, table, base, budget) if check.not_shown_within else None
         if move is None or len(check.moves) >= max_moves:
             return check
         check.moves.append(move[0])
         check.assignment = move[1]
         if check.assignment == uniform:  # every move made: it is the reference
-            check.model, check.describe, check.slower = reference, "the uniform int8 model itself", False
+            check.model, check.describe, check.not_shown_within = reference, "the uniform int8 model itself", False
             return check
         check.model = build(check.assignment)
 
