@@ -308,7 +308,8 @@ class Verdict:
     best_rate: dict[str, float | None]  # run label -> highest offered rate that met the SLO
     best_throughput: dict[str, float | None]  # ... and the throughput measured there
     best_static: str | None
-    controller_matches: bool | None  # None: no controller run
+    # None: no controller run, or no run met the SLO at any rate (nothing to match)
+    controller_matches: bool | None
     closest: str | None  # when no run met the SLO: the one with the lowest p99 at the first rate
 
     def describe(self) -> str:
@@ -335,9 +336,9 @@ def verdict(runs: dict[str, list[PhaseResult]] | dict[str, list[RepeatedPhase]],
     statics = {k: v for k, v in best_rate.items() if k != "controller" and v is not None}
     best_static = max(statics, key=lambda k: (statics[k], best_tput[k])) if statics else None
     matches = None
-    if "controller" in runs:
-        ctrl = best_rate["controller"]
-        matches = (ctrl is not None and (best_static is None or ctrl >= best_rate[best_static]))
+    ctrl = best_rate.get("controller")
+    if "controller" in runs and (ctrl is not None or best_static is not None):
+        matches = ctrl is not None and (best_static is None or ctrl >= best_rate[best_static])
     closest = None
     if all(rate is None for rate in best_rate.values()):
         first = {k: v[0] for k, v in runs.items() if v and v[0].p99_ms is not None}

@@ -93,6 +93,10 @@ def test_an_slo_nothing_meets_names_the_closest():
     v = verdict(runs, slo_ms=20.0)
     assert v.best_static is None and v.controller_matches is None
     assert v.describe().startswith("no configuration meets p99 <= 20 ms at any offered rate; closest: b8_low")
+    # with a controller that did not meet it either: nothing to match, not "did not match"
+    runs["controller"] = run(SloController(CONFIGS, ServiceTimes(profiled()), 0.02, 0.004, ["high", "low"]), load)
+    v = verdict(runs, slo_ms=20.0)
+    assert v.best_rate["controller"] is None and v.controller_matches is None
 
 
 def test_service_times_follow_observed_full_batches_only():
