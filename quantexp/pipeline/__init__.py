@@ -194,7 +194,8 @@ def _run(exp: ExperimentConfig, output_dir: Path, cache_dir: Path, log,
     # A method may measure more on its own loaded artifact (method=cascade: the share it
     # escalates, its low-precision model alone, its drift and SLO scenarios).
     if hasattr(method, "after_measure"):
-        with stages("after_measure"):
+        # shown under the method's own title (a scenario can take minutes: say which)
+        with stages("after_measure", getattr(method, "after_measure_title", None)):
             extra = dict(method.after_measure(bundle, exported, fp32_exported, preds, exp))
         tables.update(extra.pop("tables", {}))
         figures.update(extra.pop("figures", {}))

@@ -233,7 +233,7 @@ def test_drift_scenario_logs_windows_and_compares_the_controller(tmp_path, cache
     assert runs[0].data.metrics["method.drift.windows_met.controller"] == method["drift.windows_met.controller"]
 
 
-def test_slo_scenario_runs_statics_and_the_controller_on_the_same_load(tmp_path, cache):
+def test_slo_scenario_runs_statics_and_the_controller_on_the_same_load(tmp_path, cache, capsys):
     data = run_api([*TINY, "+scenario=slo", "method.slo.rates=[50,200]", "method.slo.phase_s=0.4",
                     "method.slo.batch_sizes=[1,4]", "method.slo.precisions=[high,low]", "method.slo.p99_ms=100",
                     "method.slo.interval_s=0.2", "method.slo.profile_calls=3", "method.slo.repeats=2"],
@@ -250,6 +250,8 @@ def test_slo_scenario_runs_statics_and_the_controller_on_the_same_load(tmp_path,
         each = [float(x) for x in r["p99_ms_each"].split("/")]
         assert r["p99_ms"] == pytest.approx(sum(each) / 2, rel=0.01)
     assert "slo.verdict" in method and method["slo.controller_matches_best_static"] in (True, False)
+    # the progress display names the stage that serves the scenario (minutes at real rates)
+    assert "✓ cascade: escalation + SLO scenario" in capsys.readouterr().err
     assert method["slo.profile_ms.b1_low"] > 0 and Path(data["figures"]["slo"]).is_file()
     client, mlruns = store(tmp_path)
     run_id = mlruns[0].info.run_id

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from quantexp.progress import track
 from quantexp.serving.shadow import ShadowController
 
 ARMS = ("fixed", "controller")
@@ -93,7 +94,7 @@ def run_drift(module, reference, bundle, cfg, exp, log) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     met = dict.fromkeys(ARMS, 0)
     try:
-        for w in range(cfg.windows):
+        for w in track(range(cfg.windows), f"drift windows ({len(ARMS)} arms each)"):
             strength = cfg.noise_max * w / max(cfg.windows - 1, 1)
             rng = np.random.default_rng([exp.seed, w])
             items = (np.arange(w * cfg.window, (w + 1) * cfg.window) % n_test)

@@ -138,6 +138,12 @@ class Cascade(QuantizationMethod):
         return cal
 
     # ------------------------------------------------------- after measuring
+    @property
+    def after_measure_title(self) -> str:
+        """The progress display's line for ``after_measure``."""
+        scenario = _value(self.cfg.scenario)
+        return "cascade: escalation" + {"drift": " + drift scenario", "slo": " + SLO scenario"}.get(scenario, "")
+
     def after_measure(self, bundle, exported, reference, preds, exp) -> dict[str, Any]:
         """What only a cascade has, measured on the loaded artifact, then the scenario."""
         from quantexp.methods.cascade.report import measure_cascade

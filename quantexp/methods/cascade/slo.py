@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from quantexp.config import ConfigError
+from quantexp.progress import track
 from quantexp.serving.loadgen import phases
 from quantexp.serving.server import PhaseResult, ServeConfig, StaticPolicy, serve
 from quantexp.serving.slo import RepeatedPhase, ServiceTimes, SloController, verdict
@@ -112,15 +113,18 @@ def run_slo(module, bundle, cfg, exp, log) -> dict[str, Any]:
             step += 1
 
     served: dict[tuple[str, int], list[tuple[PhaseResult, float | None]]] = {}
+    order = []  # rate by rate, the runs in an order that rotates (a slow stretch falls on another run each time)
     for repeat in range(cfg.repeats):
         for i, phase in enumerate(load):
             turn = (repeat * len(load) + i) % len(labels)
-            for label in labels[turn:] + labels[:turn]:
-                result = serve(phase.arrivals_s, runtime, policies[label], max_wait_s=max_wait_s,
-                               interval_s=cfg.interval_s, drain_s=drain_s, rate=phase.rate)
-                if label == "controller":
-                    log_intervals(result.intervals)
-                served.setdefault((label, i), []).append((result, runtime.served_accuracy()))
+            order += [(i, phase, label) for label in labels[turn:] + labels[:turn]]
+    # the bar advances (and may redraw) between servings, never inside one
+    for i, phase, label in track(order, f"servings ({len(load)} rates x {len(labels)} runs x {cfg.repeats})"):
+        result = serve(phase.arrivals_s, runtime, policies[label], max_wait_s=max_wait_s,
+                       interval_s=cfg.interval_s, drain_s=drain_s, rate=phase.rate)
+        if label == "controller":
+            log_intervals(result.intervals)
+        served.setdefault((label, i), []).append((result, runtime.served_accuracy()))
 
     runs: dict[str, list[RepeatedPhase]] = {}
     rows: list[dict[str, Any]] = []

@@ -1,0 +1,99 @@
+"""Does the SLO controller match or beat the best static configuration? (issue 15's goal)
+
+Runs the SLO scenario (``run.py method=cascade +scenario=slo``, CNN) N times per
+setting, one process after another, as a user would, and prints per run the highest
+rate each run sustained within the SLO, the best static configuration, the controller's
+rate and the verdict; then the tally over runs: matched (or beat), missed, or nothing
+to match (no configuration met the SLO at any rate). Two settings:
+
+- ``tight``: p99 <= 3 ms at 1,000-12,000 items/s. Latency-bound: near this host's noise
+  floor (a 2-thread batch stalls for milliseconds when a neighbour takes a core), so
+  which static configuration meets it changes from run to run.
+- ``throughput``: p99 <= 20 ms at 1,500-12,000 items/s. Capacity-bound: the question is
+  which batch size and precision keep up with the load, well above the noise floor.
+
+Both serve every rate three times per run (``method.slo.repeats=3``, median p99). The
+load average is printed before and after each run; a run under load is flagged.
+
+    .venv/bin/python benchmarks/slo_goal.py [--runs 3] [--settings tight,throughput] [overrides...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = {
+    "tight": ["method.slo.p99_ms=3", "method.slo.rates=[1000,3000,6000,12000]"],
+    "throughput": ["method.slo.p99_ms=20", "method.slo.rates=[1500,3000,6000,9000,12000]",
+                   "method.slo.max_requests=6000", "method.slo.phase_s=1.5"],
+}
+COMMON = ["method=cascade", "+scenario=slo", "method.slo.repeats=3"]
+
+
+def load_note() -> str:
+    load = os.getloadavg()[0]
+    return f"load {load:.2f}" + (" - UNDER LOAD" if load > 1.0 else "")
+
+
+def one_run(setting: str, overrides: list[str], out: Path, env: dict[str, str]) -> tuple[dict, list[dict]]:
+    subprocess.run([sys.executable, str(ROOT / "run.py"), *COMMON, *SETTINGS[setting], *overrides,
+                    f"hydra.run.dir={out}"], cwd=ROOT, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    method = json.loads((out / "results.json").read_text())["method"]
+    with open(out / "tables" / "slo_runs.csv") as f:
+        rows = list(csv.DictReader(f))
+    return method, rows
+
+
+def outcome(method: dict) -> str:
+    matched = method.get("slo.controller_matches_best_static")
+    return {True: "matched", False: "missed"}.get(matched, "nothing to match")
+
+
+def describe(method: dict, rows: list[dict]) -> str:
+    met: dict[str, list[str]] = {}
+    for r in rows:
+        if r["met"] == "True":
+            met.setdefault(f"{float(r['rate']):g}", []).append(r["run"])
+    controller = {f"{float(r['rate']):g}": f"{float(r['p99_ms']):.2f}" for r in rows if r["run"] == "controller"}
+    per_rate = "; ".join(f"{rate}/s: met by {', '.join(met.get(rate, [])) or 'none'} "
+                         f"(controller p99 {p99} ms)" for rate, p99 in controller.items())
+    return f"{method['slo.verdict']} -> {outcome(method)}\n    {per_rate}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--settings", default="tight,throughput", help="comma-separated: tight, throughput")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
+    args = parser.parse_args()
+    settings = [s for s in args.settings.split(",") if s]
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        parser.error(f"unknown setting(s) {', '.join(unknown)}; choose from {', '.join(SETTINGS)}")
+    work = Path(tempfile.mkdtemp(prefix="quantexp-slo-"))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
+    tally: dict[str, Counter] = {s: Counter() for s in settings}
+    for i in range(args.runs):
+        for setting in settings:  # alternating, so that a slow stretch of the host hits both
+            before = load_note()
+            method, rows = one_run(setting, args.overrides, work / f"{setting}{i}", env)
+            tally[setting][outcome(method)] += 1
+            print(f"{setting} run {i} ({before}; after: {load_note()}): {describe(method, rows)}", flush=True)
+    print()
+    for setting in settings:
+        print(f"{setting} ({' '.join(SETTINGS[setting])}), {args.runs} runs: "
+              + ", ".join(f"{k} {tally[setting][k]}" for k in ("matched", "missed", "nothing to match")))
+
+
+if __name__ == "__main__":
+    main()
