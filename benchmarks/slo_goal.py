@@ -75,9 +75,16 @@ def describe(method: dict, rows: list[dict]) -> str:
     for r in rows:
         if r["met"] == "True":
             met.setdefault(f"{float(r['rate']):g}", []).append(r["run"])
-    controller = {f"{float(r['rate']):g}": f"{float(r['p99_ms']):.2f}" for r in rows if r["run"] == "controller"}
+    controller = {f"{float(r['rate']):g}": r for r in rows if r["run"] == "controller"}
+
+    def served(r: dict) -> str:  # the controller's items per precision, in %
+        counts = {k[len("served_"):]: float(v) for k, v in r.items() if k.startswith("served_") and k != "served_accuracy"}
+        total = sum(counts.values()) or 1.0
+        return " ".join(f"{p} {100 * n / total:.0f}%" for p, n in counts.items() if n)
+
     per_rate = "; ".join(f"{rate}/s: met by {', '.join(met.get(rate, [])) or 'none'} "
-                         f"(controller p99 {p99} ms)" for rate, p99 in controller.items())
+                         f"(controller p99 {float(r['p99_ms']):.2f} ms, served {served(r)})"
+                         for rate, r in controller.items())
     return f"{method['slo.verdict']} -> {outcome(method)}\n    {per_rate}"
 
 
