@@ -155,18 +155,8 @@ class SloController:
     def learn_slack(self, interval: IntervalStats) -> None:
         """What the interval's measured p99 shows beyond the model's prediction for its
         configuration at the load that arrived (a step in load or a backlog switch
-        within the interval makes that a rough figure; the smoothing absorbs it).
-
-        Not from an interval that ended behind (more waiting than one batch): its tail
-        is a queue - the load outran the configuration, or a stall left a backlog - not
-        an excess the host adds to every batch. Learned, it kept the controller off its
-        preferred precision at every load after it: at a 20 ms SLO, a 4,500 items/s phase
-        the host could not serve left ~120 ms of slack, and the 1,500 items/s phase after
-        it was served 54-67 % in low precision, where batches of 16 in high precision met
-        the SLO at ~10 ms."""
+        within the interval makes that a rough figure; the smoothing absorbs it)."""
         if interval.p99_ms is None or interval.completed < self.MIN_COUNT:
-            return
-        if interval.queue_len > interval.config.batch_size:
             return
         c = interval.config
         predicted, _ = predicted_p99_s(c, self.times[c], interval.arrival_rate, self.max_wait_s)
