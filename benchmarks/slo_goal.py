@@ -25,14 +25,14 @@ neighbours are busy (the load average cannot tell: it counts this host's own wor
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import subprocess
 import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+
+from quantexp.results import Results
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {
@@ -59,10 +59,8 @@ def one_run(setting: str, overrides: list[str], out: Path, env: dict[str, str]) 
     subprocess.run([sys.executable, str(ROOT / "run.py"), *COMMON, *SETTINGS[setting], *overrides,
                     f"hydra.run.dir={out}"], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    method = json.loads((out / "results.json").read_text())["method"]
-    with open(out / "tables" / "slo_runs.csv") as f:
-        rows = list(csv.DictReader(f))
-    return method, rows
+    results = Results.from_json(out / "results.json")
+    return results.method, results.tables["slo_runs"]
 
 
 def outcome(method: dict) -> str:
@@ -73,17 +71,17 @@ def outcome(method: dict) -> str:
 def describe(method: dict, rows: list[dict]) -> str:
     met: dict[str, list[str]] = {}
     for r in rows:
-        if r["met"] == "True":
-            met.setdefault(f"{float(r['rate']):g}", []).append(r["run"])
-    controller = {f"{float(r['rate']):g}": r for r in rows if r["run"] == "controller"}
+        if r["met"]:
+            met.setdefault(f"{r['rate']:g}", []).append(r["run"])
+    controller = {f"{r['rate']:g}": r for r in rows if r["run"] == "controller"}
 
     def served(r: dict) -> str:  # the controller's items per precision, in %
-        counts = {k[len("served_"):]: float(v) for k, v in r.items() if k.startswith("served_") and k != "served_accuracy"}
-        total = sum(counts.values()) or 1.0
+        counts = {k[len("served_"):]: v for k, v in r.items() if k.startswith("served_") and k != "served_accuracy"}
+        total = sum(counts.values()) or 1
         return " ".join(f"{p} {100 * n / total:.0f}%" for p, n in counts.items() if n)
 
     per_rate = "; ".join(f"{rate}/s: met by {', '.join(met.get(rate, [])) or 'none'} "
-                         f"(controller p99 {float(r['p99_ms']):.2f} ms, served {served(r)})"
+                         f"(controller p99 {r['p99_ms']:.2f} ms, served {served(r)})"
                          for rate, r in controller.items())
     return f"{method['slo.verdict']} -> {outcome(method)}\n    {per_rate}"
 
