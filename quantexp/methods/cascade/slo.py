@@ -101,9 +101,10 @@ def run_slo(module, bundle, cfg, exp, log) -> dict[str, Any]:
 
     def log_intervals(intervals) -> None:
         # After the phase, not from the serving loop: one MLflow write of 8 metrics to the
-        # sqlite store took 12 ms (median of 40, up to 33 ms) here, a stall in every 0.5 s interval that the static runs (which
-        # log nothing while they serve) never had - the controller's p99 at 1,000 items/s
-        # under a 3 ms SLO was 14-20 ms with tracking on and 6.9 ms with it off.
+        # sqlite store took 12 ms (median of 40, up to 33 ms) here, a stall in every 0.5 s
+        # interval that the static runs (which log nothing while they serve) never had -
+        # the controller's p99 at 1,000 items/s under a 3 ms SLO was 14-20 ms with
+        # tracking on and 6.9 ms with it off.
         nonlocal step
         for stats in intervals:
             if log is not None:
