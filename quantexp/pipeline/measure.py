@@ -3,6 +3,16 @@ then time them - the fp32 reference and the candidate interleaved in one loop, s
 their ratio (the speed-up) comes with a confidence interval instead of the drift
 between two timing phases.
 
+What is timed is each artifact loaded again, as a deployment would load it and serve
+the timed batch size - not the runtime that has just evaluated the test set. Why: a
+PyTorch int8 module on the oneDNN backend (the ``x86`` engine picks it on VNNI/AMX
+hosts) keeps one primitive per quantized layer, built for the first input shape it
+sees (``PrimitiveCache`` in ATen's ``quantized/cpu/OnednnUtils.h``); every other shape
+rebuilds it on each call. Evaluated at batch 256 first, the default CNN's int8 model
+then ran batch 16 at 0.46-0.55 ms instead of 0.36-0.45 ms for as long as the process
+lived, and the run's own process read a speed-up of ~2.1x where its forks read ~2.6x
+(``benchmarks/timing_after_evaluation.py``; AVX-512/AMX Xeon, 2026-12-05).
+
 An artifact this host cannot run (Core ML on Linux) keeps its size and conversion
 facts; its accuracy and latency are recorded as not measured, with the reason.
 """
@@ -101,17 +111,38 @@ def time_candidates(bundle: ModelBundle, timed: dict[str, tuple[Exported, dict[s
         _record(cand_cand, cand_stats, cand.runtime)
         return {**speedup.to_dict(), "processes_note": note}
     for exported, cand in runnable.values():
-        runtime = exported.runtime
+        runtime, note = reloaded(exported, exp, host)
+        if note:
+            cand["timing_note"] = note
         stats = measure_latency(lambda rt=runtime: rt(*batch), batch_size=len(batch[0]),
                                 noisy_cv_pct=b.noisy_cv_pct, **common, time_call=runtime.call_timer())
         _record(cand, stats, runtime)
+        runtime = None  # the copy goes before the next one is loaded
     return None
+
+
+def reloaded(exported: Exported, exp: ExperimentConfig, host: HostInfo):
+    """(runtime, note): ``exported``'s artifact loaded again by the run's exporter, for
+    timing (the module docstring says why), and None; where it cannot be loaded again
+    (an exporter without ``load``, no memory for a second copy), the runtime that
+    evaluated, and a note that says so."""
+    try:
+        again = get_exporter(exp.exporter.name)(exp.exporter, host).load(Path(exported.artifact))
+        if again.runtime is not None:
+            return again.runtime, None
+        why = again.not_measured or "no runtime"
+    except Exception as exc:  # noqa: BLE001 - timing the evaluated runtime beats no timing
+        why = f"{type(exc).__name__}: {exc}"
+    note = f"timed the runtime that evaluated (its artifact did not load again: {why})".splitlines()[0]
+    log.warning("%s", note)
+    return exported.runtime, note
 
 
 def time_in_processes(reference: Exported, candidate: Exported, batch: tuple, exp: ExperimentConfig,
                       host: HostInfo, forks: ForkServer | None) -> tuple[list[RoundTimes], str | None]:
     """The interleaved sessions of one pair - this process's, then one per forked
-    process - and, when fewer processes timed than ``bench.processes`` asked for, why.
+    process, each on the two artifacts loaded again - and, when fewer processes timed
+    than ``bench.processes`` asked for (or this one had to time the evaluated runtimes), why.
 
     Each session gets 1/processes of ``min_seconds`` and ``max_seconds``, so the timing
     takes as long as before in all (plus each fork's load and warm-up); ``min_rounds``
@@ -124,9 +155,11 @@ def time_in_processes(reference: Exported, candidate: Exported, batch: tuple, ex
         wanted, why_not = 1, "timed in one process: no fork server was started for this run"
     settings = dict(warmup=b.warmup, min_rounds=b.min_rounds, min_iters=b.min_iters,
                     min_seconds=b.min_seconds / wanted, max_seconds=b.max_seconds / wanted)
-    ref_rt, cand_rt = reference.runtime, candidate.runtime
-    sessions = [time_rounds(lambda: ref_rt(*batch), lambda: cand_rt(*batch), **settings,
-                            reference_timer=ref_rt.call_timer(), candidate_timer=cand_rt.call_timer())]
+    # this process times the two artifacts loaded again, as each fork does
+    (ref_rt, ref_note), (cand_rt, cand_note) = reloaded(reference, exp, host), reloaded(candidate, exp, host)
+    why_not = "; ".join(n for n in (why_not, ref_note, cand_note) if n) or None
+    sessions = [interleaved_session(ref_rt, cand_rt, batch, settings)]
+    ref_rt = cand_rt = None  # the copies go before the forks load theirs
     artifacts = (str(Path(reference.artifact).resolve()), str(Path(candidate.artifact).resolve()))
     # a worker loads, warms and times; beyond that allowance it is stopped
     limit_s = 120.0 + 4 * settings["max_seconds"]
@@ -135,8 +168,9 @@ def time_in_processes(reference: Exported, candidate: Exported, batch: tuple, ex
             sessions.append(forks.call(time_reloaded_pair, exp.exporter, host, artifacts, batch, settings,
                                        timeout_s=limit_s))
         except ForkError as exc:
-            why_not = f"timed in {len(sessions)} of {b.processes} processes: {exc}"
-            log.warning("%s", why_not)
+            fewer = f"timed in {len(sessions)} of {b.processes} processes: {exc}"
+            log.warning("%s", fewer)
+            why_not = "; ".join(n for n in (fewer, ref_note, cand_note) if n)
             break
     return sessions, why_not
 
@@ -144,11 +178,19 @@ def time_in_processes(reference: Exported, candidate: Exported, batch: tuple, ex
 def time_reloaded_pair(exporter_cfg: ExporterConfig, host: HostInfo, artifacts: tuple[str, str],
                        batch: tuple, settings: dict[str, Any]) -> RoundTimes:
     """In a forked process: the run's torch settings, both artifacts loaded again by the
-    run's exporter (as a deployment would load them), one interleaved session."""
+    run's exporter (as a deployment would load them; as this process's own session
+    does, ``reloaded``), one interleaved session."""
     apply_torch_settings(host.threads, host.quantized_engine)
     exporter = get_exporter(exporter_cfg.name)(exporter_cfg, host)
     ref_rt, cand_rt = (exporter.load(Path(path)).runtime for path in artifacts)
-    return time_rounds(lambda: ref_rt(*batch), lambda: cand_rt(*batch), **settings)
+    return interleaved_session(ref_rt, cand_rt, batch, settings)
+
+
+def interleaved_session(ref_rt, cand_rt, batch: tuple, settings: dict[str, Any]) -> RoundTimes:
+    """One interleaved session of two runtimes on ``batch`` (each with its own call
+    timer: CUDA events on a GPU, the wall clock otherwise)."""
+    return time_rounds(lambda: ref_rt(*batch), lambda: cand_rt(*batch), **settings,
+                       reference_timer=ref_rt.call_timer(), candidate_timer=cand_rt.call_timer())
 
 
 def _record(cand: dict[str, Any], stats: LatencyStats, runtime) -> None:
@@ -164,4 +206,4 @@ def runtime_name(exported: Exported) -> str:
     return exported.runtime.kind + ("" if device == "cpu" else f" {device}")
 
 
-__all__ = ["evaluate", "runtime_name", "time_candidates", "time_in_processes", "time_reloaded_pair"]
+__all__ = ["evaluate", "reloaded", "runtime_name", "time_candidates", "time_in_processes", "time_reloaded_pair"]
