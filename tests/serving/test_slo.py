@@ -261,3 +261,22 @@ def test_a_step_up_in_load_is_met_before_the_interval_ends():
     # 90 in 45 ms: odds below 1e-3; the load is now read as 2,000 items/s, which needs b4
     assert ctrl.before_batch(1, 0.0, 90, 0.045) == b4
     assert ctrl.rate == pytest.approx(2000.0) and ctrl.chosen == b4
+
+
+def test_a_configuration_not_run_since_the_profile_follows_the_host():
+    # what runs is observed twice as slow as profiled (the host slowed): the configurations
+    # that have not run are read at twice their profile too, keeping their relative costs
+    ran, idle = ServeConfig(16, "cascade"), ServeConfig(16, "low")
+    times = ServiceTimes({ran: 0.0007, idle: 0.0006})
+    times.observe(ran, 16, 0.0014)
+    times.observe(ran, 16, 0.0014)
+    assert times[idle] == pytest.approx(0.0006)  # two batches: not yet a level
+    times.observe(ran, 16, 0.0014)
+    assert times[ran] == pytest.approx(0.0014) and times[idle] == pytest.approx(0.0012)
+    # faster than the profile (warm): both read faster, and past capacity the controller
+    # takes the configuration with the most items per second, int8 alone, not the cascade
+    for _ in range(8):
+        times.observe(ran, 16, 0.0005)
+    assert times[ran] == pytest.approx(0.0005) and times[idle] == pytest.approx(0.0006 * 0.0005 / 0.0007)
+    ctrl = SloController([ran, idle], times, 0.003, 0.005, ["cascade", "low"])
+    assert ctrl.choose(60000.0) == idle
