@@ -5,12 +5,12 @@ between two timing phases.
 
 What is timed is each artifact loaded again, as a deployment would load it and serve
 the timed batch size - not the runtime that has just evaluated the test set. Why: a
-PyTorch int8 module on the oneDNN backend (the ``x86`` engine picks it on VNNI/AMX
-hosts) keeps one primitive per quantized layer, built for the first input shape it
-sees (``PrimitiveCache`` in ATen's ``quantized/cpu/OnednnUtils.h``); every other shape
-rebuilds it on each call. Evaluated at batch 256 first, the default CNN's int8 model
-then ran batch 16 at 0.46-0.55 ms instead of 0.36-0.45 ms for as long as the process
-lived, and the run's own process read a speed-up of ~2.1x where its forks read ~2.6x
+PyTorch int8 module on the oneDNN backend (which the default ``x86`` engine ran on a
+VNNI/AMX host) keeps one primitive per quantized layer, built for the first input shape it
+sees (``PrimitiveCache`` in ATen's ``quantized/cpu/OnednnUtils.h``); any other shape
+takes the uncached path on every call. Evaluated at batch 256 first, the default CNN's
+int8 model then ran batch 16 at 0.44-0.55 ms instead of 0.36-0.45 ms for as long as the
+process lived, and the run's own process read a speed-up of ~2.1x where its forks read ~2.6x
 (``benchmarks/timing_after_evaluation.py``; AVX-512/AMX Xeon, 2026-12-05).
 
 An artifact this host cannot run (Core ML on Linux) keeps its size and conversion
