@@ -63,6 +63,8 @@ def settings_at(scale: float) -> dict[str, list[str]]:
 
 SETTINGS = settings_at(1.0)
 COMMON = ["method=cascade", "+scenario=slo", "method.slo.repeats=3"]
+
+
 def probe_seconds() -> float:
     import time
 
