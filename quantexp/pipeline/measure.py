@@ -157,7 +157,6 @@ def time_in_processes(reference: Exported, candidate: Exported, batch: tuple, ex
                     min_seconds=b.min_seconds / wanted, max_seconds=b.max_seconds / wanted)
     # this process times the two artifacts loaded again, as each fork does
     (ref_rt, ref_note), (cand_rt, cand_note) = reloaded(reference, exp, host), reloaded(candidate, exp, host)
-    why_not = "; ".join(n for n in (why_not, ref_note, cand_note) if n) or None
     sessions = [interleaved_session(ref_rt, cand_rt, batch, settings)]
     ref_rt = cand_rt = None  # the copies go before the forks load theirs
     artifacts = (str(Path(reference.artifact).resolve()), str(Path(candidate.artifact).resolve()))
@@ -168,11 +167,10 @@ def time_in_processes(reference: Exported, candidate: Exported, batch: tuple, ex
             sessions.append(forks.call(time_reloaded_pair, exp.exporter, host, artifacts, batch, settings,
                                        timeout_s=limit_s))
         except ForkError as exc:
-            fewer = f"timed in {len(sessions)} of {b.processes} processes: {exc}"
-            log.warning("%s", fewer)
-            why_not = "; ".join(n for n in (fewer, ref_note, cand_note) if n)
+            why_not = f"timed in {len(sessions)} of {b.processes} processes: {exc}"
+            log.warning("%s", why_not)
             break
-    return sessions, why_not
+    return sessions, "; ".join(n for n in (why_not, ref_note, cand_note) if n) or None
 
 
 def time_reloaded_pair(exporter_cfg: ExporterConfig, host: HostInfo, artifacts: tuple[str, str],

@@ -61,27 +61,30 @@ class ServiceTimes:
     def __init__(self, profiled_s: dict[ServeConfig, float], window: int = 31):
         if not profiled_s:
             raise ValueError("need at least one profiled configuration")
+        if window <= self.MIN_SEEN:
+            raise ValueError(f"window must exceed MIN_SEEN ({self.MIN_SEEN}), got {window}")
         self.profiled = dict(profiled_s)
+        # the profiled time, then the full batches observed (so len - 1 of them, until full)
         self.samples = {c: collections.deque([s], maxlen=window) for c, s in profiled_s.items()}
-        self.seen: dict[ServeConfig, int] = {}  # full batches observed per configuration
         # kept up to date on each observation: read for every configuration at every
         # interval and before every batch (the serving loop), written once per batch
         self.seconds = dict(profiled_s)
-        self.host_factor = 1.0
+
+    def _seen(self, config: ServeConfig) -> bool:
+        return len(self.samples[config]) > self.MIN_SEEN
 
     def observe(self, config: ServeConfig, size: int, service_s: float) -> None:
         # A partial batch (timed out before it filled) says little about a full one.
         if config not in self.samples or size != config.batch_size:
             return
         self.samples[config].append(service_s)
-        self.seen[config] = self.seen.get(config, 0) + 1
         self.seconds[config] = float(statistics.median(self.samples[config]))
-        observed = [c for c, n in self.seen.items() if n >= self.MIN_SEEN]
+        observed = [c for c in self.profiled if self._seen(c)]
         if observed:
-            self.host_factor = float(statistics.median(self.seconds[c] / self.profiled[c] for c in observed))
+            host_factor = float(statistics.median(self.seconds[c] / self.profiled[c] for c in observed))
             for c in self.profiled:
-                if self.seen.get(c, 0) < self.MIN_SEEN:
-                    self.seconds[c] = self.profiled[c] * self.host_factor
+                if not self._seen(c):
+                    self.seconds[c] = self.profiled[c] * host_factor
 
     def __getitem__(self, config: ServeConfig) -> float:
         return self.seconds[config]
